@@ -91,6 +91,7 @@ def train(
     device: torch.device | str | None = None,
     progress: bool = True,
     name: str = "",
+    stop: Callable[[Mapping[str, float]], bool] | None = None,
 ) -> History:
     """Train ``model`` for ``steps`` steps of AdamW and return its :class:`History`.
 
@@ -98,7 +99,9 @@ def train(
     the ``torch.Generator`` it is given, which is seeded from ``seed``: the same seed gives the same
     batches. ``loss_fn(model, batch)`` returns a scalar loss. ``evaluate(model)`` returns a mapping
     of metric name to value; it runs under ``torch.no_grad()`` in eval mode every ``eval_every``
-    steps and after the last step. The model is moved to ``device`` (default: the best device here).
+    steps and after the last step; if ``stop(metrics)`` returns True after an evaluation, training
+    ends there (for example ``stop=lambda m: m["accuracy"] >= 0.99``). The model is moved to
+    ``device`` (default: the best device here).
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -112,9 +115,10 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     history = History(name=name)
 
-    def run_eval(step: int) -> None:
+    def run_eval(step: int) -> bool:
+        """Evaluate, record, and say whether to stop."""
         if evaluate is None:
-            return
+            return False
         model.eval()
         with torch.no_grad():
             metrics = evaluate(model)
@@ -122,6 +126,7 @@ def train(
         history.eval_steps.append(step)
         for key, value in metrics.items():
             history.eval_metrics.setdefault(key, []).append(float(value))
+        return stop is not None and bool(stop(metrics))
 
     start = time.perf_counter()
     model.train()
@@ -140,11 +145,12 @@ def train(
         optimizer.step()
         history.steps.append(step + 1)
         history.train_loss.append(loss.item())
-        if eval_every is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
-            run_eval(step + 1)
         if (step + 1) % 10 == 0 or step + 1 == steps:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    run_eval(steps)
+        if step + 1 == steps:
+            run_eval(steps)
+        elif eval_every is not None and (step + 1) % eval_every == 0 and run_eval(step + 1):
+            break
     bar.close()
     history.seconds = time.perf_counter() - start
     return history

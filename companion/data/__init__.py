@@ -4,7 +4,12 @@ Everything here is on every machine already (Python's own standard library and `
 generated; nothing is downloaded.
 """
 
+from companion.data.batches import as_token_tensor, lm_batch, lm_windows
 from companion.data.bpe import BPETokenizer
 from companion.data.corpus import Corpus, load_corpus
+from companion.data.synthetic import order_task, recall_task
 
-__all__ = ["BPETokenizer", "Corpus", "load_corpus"]
+__all__ = [
+    "BPETokenizer", "Corpus", "as_token_tensor", "lm_batch", "lm_windows", "load_corpus",
+    "order_task", "recall_task",
+]
