@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -34,6 +34,7 @@ class Timing:
 
 def format_seconds(seconds: float) -> str:
     """``0.00123`` -> ``'1.23 ms'``: three significant figures with a readable unit."""
+    seconds = float(f"{seconds:.3g}")  # round first, so that 0.9996 s is '1 s', not '1e+03 ms'
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
@@ -43,8 +44,11 @@ def format_seconds(seconds: float) -> str:
 def format_bytes(n: float) -> str:
     """``1536`` -> ``'1.5 KiB'`` (binary units, three significant figures)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        if unit == "B" and abs(n) < 1024:
+            return f"{int(n)} B"
+        # 1000-1023 of a unit would print as '1.01e+03 KiB' at three significant figures: go up one
+        if unit != "B" and (abs(float(f"{n:.3g}")) < 1000 or unit == "TiB"):
+            return f"{n:.3g} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
 
@@ -77,30 +81,35 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
 
 
 class _TensorMemoryTracker(TorchDispatchMode):
-    """Counts the bytes of tensor storage allocated by operators and still alive, and the peak."""
+    """Counts the bytes of tensor storage allocated by operators and still alive, and the peak.
+
+    PyTorch keeps one Python object per storage for as long as the storage lives, so a
+    ``weakref.finalize`` on it runs exactly when the memory is released.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.live: dict[int, int] = {}
         self.current = 0
         self.peak = 0
 
-    def _sweep(self) -> None:
-        for key, (ref, nbytes) in list(self.live.items()):
-            if ref.expired():
-                self.current -= nbytes
-                del self.live[key]
+    def _release(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self._sweep()
+        # An output that shares an input's storage (a view, an in-place op) allocates nothing; the
+        # input may be a tensor that existed before the call, which must not be counted.
+        inputs = {id(leaf.untyped_storage()) for leaf in tree_flatten((args, kwargs))[0]
+                  if isinstance(leaf, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
         for leaf in tree_flatten(out)[0]:
             if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu":
                 storage = leaf.untyped_storage()
-                ref = StorageWeakRef(storage)
-                if ref.cdata not in self.live:
-                    self.live[ref.cdata] = (ref, storage.nbytes())
+                key = id(storage)
+                if key not in self.live and key not in inputs:
+                    self.live[key] = storage.nbytes()
                     self.current += storage.nbytes()
+                    weakref.finalize(storage, self._release, key)
         self.peak = max(self.peak, self.current)
         return out
 

@@ -137,7 +137,7 @@ def train(
         batch = _to(batches(generator), device)
         loss = loss_fn(model, batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+            raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:

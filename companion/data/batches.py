@@ -41,6 +41,10 @@ def lm_windows(tokens: torch.Tensor, *, context: int, max_windows: int | None = 
     """
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
+    if context < 1:
+        raise ValueError(f"context must be positive, got {context}")
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"max_windows must be None or positive, got {max_windows}")
     count = (tokens.numel() - 1) // context
     if max_windows is not None:
         count = min(count, max_windows)

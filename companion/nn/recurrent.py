@@ -41,14 +41,17 @@ class Recurrent(nn.Module):
         kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
         self.fused = fused(input_size, hidden_size, batch_first=True, **kwargs)
 
-    def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 3 or x.shape[-1] != self.fused.input_size:
+    def _check(self, x: torch.Tensor, h0: torch.Tensor | None) -> None:
+        if x.ndim != 3 or x.shape[1] < 1 or x.shape[-1] != self.fused.input_size:
             raise ValueError(
-                f"expected input (batch, seq, {self.fused.input_size}), got shape {tuple(x.shape)}")
+                f"expected input (batch, seq >= 1, {self.fused.input_size}), got shape {tuple(x.shape)}")
+        if h0 is not None and tuple(h0.shape) != (x.shape[0], self.hidden_size):
+            raise ValueError(
+                f"expected h0 (batch, hidden) = {(x.shape[0], self.hidden_size)}, got shape {tuple(h0.shape)}")
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns all hidden states ``(batch, seq, hidden)`` and the last one ``(batch, hidden)``."""
-        self._check(x)
+        self._check(x, h0)
         outputs, last = self.fused(x, None if h0 is None else h0[None])
         return outputs, last[0]
 
@@ -69,7 +72,7 @@ class Recurrent(nn.Module):
 
     def unrolled(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The hidden states ``[h_1, ..., h_T]``, each ``(batch, hidden)``, computed step by step."""
-        self._check(x)
+        self._check(x, h0)
         h = x.new_zeros(x.shape[0], self.hidden_size) if h0 is None else h0
         states = []
         for t in range(x.shape[1]):
