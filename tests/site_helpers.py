@@ -63,14 +63,18 @@ def format_count(x: float) -> str:
     if x < 1000:
         return js_to_fixed(x, 0)
     exp = math.floor(math.log10(x))
-    return f"{js_to_fixed(x / 10**exp, 2)}e{exp}"
+    mantissa = js_to_fixed(x / 10**exp, 2)
+    if float(mantissa) >= 10:
+        exp += 1
+        mantissa = js_to_fixed(x / 10**exp, 2)
+    return f"{mantissa}e{exp}"
 
 
 def format_bytes(n: float) -> str:
     """``formatBytes`` of companion/widgets/sequence_cost.js."""
     units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
     i = 0
-    while n >= 1024 and i < len(units) - 1:
+    while i < len(units) - 1 and (n >= 1024 or (i > 0 and float(js_to_precision(n, 3)) >= 1000)):
         n /= 1024
         i += 1
     return f"{js_to_fixed(n, 0)} B" if i == 0 else f"{js_to_precision(n, 3)} {units[i]}"

@@ -16,15 +16,20 @@ function costs(L, d, b) {
 
 function formatCount(x) {
   if (x < 1000) return x.toFixed(0);
-  const exp = Math.floor(Math.log10(x));
-  const mant = x / 10 ** exp;
-  return `${mant.toFixed(2)}e${exp}`;
+  let exp = Math.floor(Math.log10(x));
+  let mant = (x / 10 ** exp).toFixed(2);
+  if (Number(mant) >= 10) {  // 9.996e3 rounds to "10.00": write 1.00e4 instead
+    exp += 1;
+    mant = (x / 10 ** exp).toFixed(2);
+  }
+  return `${mant}e${exp}`;
 }
 
 function formatBytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
   let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
+  // 1000-1023 of a unit would print as "1.00e+3 KiB" at three significant figures: go up one
+  while (i < units.length - 1 && (n >= 1024 || (i > 0 && Number(n.toPrecision(3)) >= 1000))) {
     n /= 1024;
     i += 1;
   }
