@@ -43,8 +43,9 @@ function el(tag, attrs = {}, parent = null, ns = null) {
   return node;
 }
 
-// One log-log panel: series = [{key, label, cls}], drawn over lengths 2^lo .. 2^hi.
-function panel(parent, title, series, unitFormat) {
+// One log-log panel: series = [{key, cls}], drawn over lengths 2^lo .. 2^hi. Vertical ticks sit at
+// powers of tickBase (10 for counts, 1024 for bytes, so that they read 1 KiB, 1 MiB, 1 GiB...).
+function panel(parent, title, series, unitFormat, tickBase) {
   const W = 300, H = 210, m = { l: 52, r: 10, t: 22, b: 30 };
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, class: "ab-cost-panel", role: "img" }, parent, SVG);
   el("text", { x: m.l, y: 14, class: "ab-cost-title" }, svg, SVG).textContent = title;
@@ -63,13 +64,17 @@ function panel(parent, title, series, unitFormat) {
       // axes and decade ticks
       el("line", { x1: m.l, y1: H - m.b, x2: W - m.r, y2: H - m.b, class: "ab-cost-axis" }, plot, SVG);
       el("line", { x1: m.l, y1: m.t, x2: m.l, y2: H - m.b, class: "ab-cost-axis" }, plot, SVG);
-      for (let e = Math.ceil(ymin); e <= Math.floor(ymax); e += Math.max(1, Math.round((ymax - ymin) / 5))) {
-        el("text", { x: m.l - 4, y: Y(10 ** e) + 3, class: "ab-cost-tick", "text-anchor": "end" }, plot, SVG)
-          .textContent = unitFormat(10 ** e);
+      const perDecade = Math.log10(tickBase);
+      const tlo = Math.ceil(ymin / perDecade - 1e-9), thi = Math.floor(ymax / perDecade + 1e-9);
+      const tstep = Math.max(1, Math.ceil((thi - tlo + 1) / 6));
+      for (let e = tlo; e <= thi; e += tstep) {
+        el("text", { x: m.l - 4, y: Y(tickBase ** e) + 3, class: "ab-cost-tick", "text-anchor": "end" }, plot, SVG)
+          .textContent = unitFormat(tickBase ** e);
       }
       for (let e = lo; e <= hi; e += 2) {
+        const label = e >= 20 ? `${2 ** (e - 20)}M` : e >= 10 ? `${2 ** (e - 10)}k` : `${2 ** e}`;
         el("text", { x: X(2 ** e), y: H - m.b + 13, class: "ab-cost-tick", "text-anchor": "middle" }, plot, SVG)
-          .textContent = e >= 10 ? `${2 ** (e - 10)}k` : `${2 ** e}`;
+          .textContent = label;
       }
       el("text", { x: (W + m.l) / 2, y: H - 3, class: "ab-cost-tick", "text-anchor": "middle" }, plot, SVG)
         .textContent = "sequence length (tokens, log scale)";
@@ -103,12 +108,12 @@ function render({ model, el: root }) {
   const ops = panel(charts, "multiply-adds per layer", [
     { key: "attention_ops", cls: "ab-attention" },
     { key: "linear_ops", cls: "ab-linear" },
-  ], formatCount);
+  ], formatCount, 10);
   const mem = panel(charts, "memory per layer", [
     { key: "attention_scores_bytes", cls: "ab-attention" },
     { key: "kv_cache_bytes", cls: "ab-cache" },
     { key: "linear_state_bytes", cls: "ab-linear" },
-  ], formatBytes);
+  ], formatBytes, 1024);
   const legend = el("div", { class: "ab-cost-legend" }, box);
   legend.innerHTML =
     '<span class="ab-key ab-attention"></span>full attention (scores materialised) ' +
