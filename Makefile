@@ -23,7 +23,7 @@ help:
 # --- set-up -------------------------------------------------------------------------------------
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.10-3.13 (e.g. apt-get install python3.11 python3.11-venv), or run make PYTHON=/path/to/python3"; exit 1; }
-	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)' || { echo "error: Python 3.10-3.13 is needed, $(PYTHON) is $$($(PYTHON) -V 2>&1 | cut -d' ' -f2): install python3.11 and run make PYTHON=python3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)' 2>/dev/null || { echo "error: Python 3.10-3.13 is needed and $(PYTHON) is not one: install python3.11 (with its venv module) and run make PYTHON=python3.11"; exit 1; }
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "error: $(PYTHON) cannot create virtual environments: install its venv module (e.g. apt-get install python3-venv)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
