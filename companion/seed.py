@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import random
 
@@ -15,8 +16,9 @@ def seed_everything(seed: int) -> torch.Generator:
     Returns a fresh ``torch.Generator`` seeded the same way, for code that prefers an explicit
     generator to the global one. ``PYTHONHASHSEED`` is set too, which only affects child processes.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if isinstance(seed, (bool, torch.Tensor)) or not hasattr(seed, "__index__"):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = operator.index(seed)  # NumPy integers are accepted too
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -180,3 +180,9 @@ def test_bad_ids_raise_value_error(make, name):
     if isinstance(model, RecurrentClassifier):
         with pytest.raises(ValueError, match="token ids|torch.long"):
             model.unrolled_states(BAD_IDS[name])
+
+
+@pytest.mark.parametrize("model", [BagOfWordsClassifier(5, 4, 2), RecurrentClassifier(5, 4, 6, 2)])
+def test_empty_sequences_are_rejected(model):
+    with pytest.raises(ValueError, match="at least one token"):
+        model(torch.zeros(3, 0, dtype=torch.long))

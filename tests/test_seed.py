@@ -70,3 +70,7 @@ def test_sets_pythonhashseed(monkeypatch):
 def test_bad_seed_type_raises_type_error(bad):
     with pytest.raises(TypeError, match="seed must be an int"):
         seed_everything(bad)
+
+
+def test_numpy_integer_seeds_are_accepted_and_equal_to_ints():
+    assert draws(seed_everything(np.int64(11))) == draws(seed_everything(11))

@@ -11,6 +11,8 @@ from companion.nn.recurrent import Recurrent
 def _check_ids(ids: torch.Tensor, vocab_size: int) -> None:
     if ids.dtype != torch.long or ids.ndim != 2:
         raise ValueError(f"expected token ids as a (batch, seq) torch.long tensor, got {ids.dtype} {tuple(ids.shape)}")
+    if ids.shape[1] == 0:
+        raise ValueError("expected at least one token per sequence, got seq = 0")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise ValueError(f"token ids must lie in [0, {vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
 
