@@ -30,17 +30,21 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _machine(info: dict) -> str:
+def _machine(info: dict, versions: dict | None = None) -> str:
+    """Where it ran and with what; ``versions`` is optional (files recorded before it lack it)."""
     where = info.get("gpu") or f"{info.get('cpu', 'unknown CPU')} ({info.get('cores', '?')} cores)"
-    return (f"{where}; torch {info.get('torch', '?')}, Python {info.get('python', '?')}, "
-            f"{info.get('os', '')}").strip(", ")
+    versions = versions or {"torch": info.get("torch", "?"), "python": info.get("python", "?")}
+    names = {"torch": "torch", "python": "Python"}
+    software = ", ".join(f"{names.get(name, name)} {version}" for name, version in versions.items())
+    return f"{where}; {software}, {info.get('os', '')}".strip(", ")
 
 
 def render(result: dict) -> list[str]:
     """RST lines for one result file."""
     title = result["title"]
     lines = [title, "~" * len(title), "", result.get("description", ""), "",
-             f"**Machine:** {_machine(result['machine'])}. **Date:** {result['date']}. "
+             f"**Machine:** {_machine(result['machine'], result.get('versions'))}. "
+             f"**Date:** {result['date']}. "
              f"**Command:** ``{result['command']}``", "",
              ".. list-table::", "   :header-rows: 1", ""]
     for i, row in enumerate([result["columns"], *result["rows"]]):

@@ -1,6 +1,12 @@
-"""Assembled models."""
+"""Assembled models: the decoder every chapter builds on, its converters, and chapter 1's models."""
 
 from companion.models.classifiers import BagOfWordsClassifier, RecurrentClassifier
+from companion.models.decoder import FEEDFORWARDS, MIXERS, Decoder, DecoderConfig, DecoderOutput
+from companion.models.hf import from_hf
+from companion.models.sampling import filter_logits, sample_next
 from companion.models.window_lm import WindowLM
 
-__all__ = ["BagOfWordsClassifier", "RecurrentClassifier", "WindowLM"]
+__all__ = [
+    "BagOfWordsClassifier", "Decoder", "DecoderConfig", "DecoderOutput", "FEEDFORWARDS", "MIXERS",
+    "RecurrentClassifier", "WindowLM", "filter_logits", "from_hf", "sample_next",
+]

@@ -1,0 +1,275 @@
+"""One decoder, assembled from a config, whose parts are chosen per layer.
+
+Every language model in the book is a :class:`Decoder`: token embeddings, a stack of blocks, a final
+norm and a projection to the vocabulary. A block mixes information across positions (a *mixer*:
+attention here; state space layers in chapter 7) and then transforms each position on its own (a
+*feed-forward*: SwiGLU or GELU here; a mixture of experts in chapter 6), each wrapped in a residual
+connection with a normalisation::
+
+    pre-norm (GPT-2, Llama):   x = x + mixer(norm_1(x));   x = x + ffn(norm_2(x))
+    post-norm (Vaswani 2017):  x = norm_1(x + mixer(x));   x = norm_2(x + ffn(x))
+
+``config.mixers`` and ``config.feedforwards`` name the part of each layer, from the registries
+:data:`MIXERS` and :data:`FEEDFORWARDS`; later chapters register new kinds there instead of writing
+new models. With RMSNorm, SwiGLU, RoPE, pre-norm and no biases, the decoder is a Llama
+(Touvron et al. 2023): :func:`companion.models.from_hf` converts Hugging Face checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from companion.nn.attention import Attention
+from companion.nn.cache import KVCache
+from companion.nn.feedforward import GeluMLP, SwiGLU, default_hidden
+from companion.nn.norms import make_norm
+from companion.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
+from companion.models.sampling import sample_next
+
+POSITIONS = ("rope", "learned", "sinusoidal", "none")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Everything that defines a decoder's shape. Defaults give a small Llama-style model."""
+
+    vocab_size: int
+    width: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None          # None: as many as n_heads (multi-head attention)
+    head_dim: int | None = None            # None: width // n_heads
+    ffn: str = "swiglu"                    # default feed-forward kind of every layer
+    ffn_hidden: int | None = None          # None: 4 x width (gelu) or about 8/3 x width (swiglu)
+    norm: str = "rmsnorm"                  # "rmsnorm" or "layernorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"             # "pre" or "post"
+    positions: str = "rope"                # "rope", "learned", "sinusoidal" or "none"
+    rope_base: float = 10000.0
+    max_positions: int = 2048              # learned positions: table size; others: initial cache size
+    window: int | None = None              # sliding-window attention (None: full causal)
+    tie_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    mixers: tuple[str, ...] | None = None        # per layer; None: ("attention",) * n_layers
+    feedforwards: tuple[str, ...] | None = None  # per layer; None: (ffn,) * n_layers
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "width", "n_layers", "n_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        kv = self.kv_heads
+        if kv < 1 or self.n_heads % kv:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
+        if self.head_dim is None and self.width % self.n_heads:
+            raise ValueError(f"width ({self.width}) must be divisible by n_heads ({self.n_heads}), or give head_dim")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.positions == "rope" and self.dim_per_head % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.dim_per_head}")
+        if self.norm_position not in ("pre", "post"):
+            raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        for name, kinds, registry in (("mixers", self.layer_mixers, MIXERS),
+                                      ("feedforwards", self.layer_feedforwards, FEEDFORWARDS)):
+            if len(kinds) != self.n_layers:
+                raise ValueError(f"{name} must name one part per layer ({self.n_layers}), got {len(kinds)}")
+            unknown = sorted(set(kinds) - set(registry))
+            if unknown:
+                raise ValueError(f"unknown {name} {unknown}; registered: {sorted(registry)}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.width // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def hidden(self) -> int:
+        return default_hidden(self.ffn, self.width) if self.ffn_hidden is None else self.ffn_hidden
+
+    @property
+    def layer_mixers(self) -> tuple[str, ...]:
+        return ("attention",) * self.n_layers if self.mixers is None else tuple(self.mixers)
+
+    @property
+    def layer_feedforwards(self) -> tuple[str, ...]:
+        return (self.ffn,) * self.n_layers if self.feedforwards is None else tuple(self.feedforwards)
+
+
+def _attention(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> nn.Module:
+    return Attention(config.width, config.n_heads, config.kv_heads, config.dim_per_head,
+                     bias=config.attention_bias, rope=rope, window=config.window, layer_index=index)
+
+
+def _swiglu(config: DecoderConfig, index: int) -> nn.Module:
+    return SwiGLU(config.width, config.hidden, bias=config.mlp_bias)
+
+
+def _gelu(config: DecoderConfig, index: int) -> nn.Module:
+    return GeluMLP(config.width, config.hidden, bias=config.mlp_bias)
+
+
+# Registries of the parts a layer can use. A mixer is built as ``MIXERS[kind](config, layer, rope)``
+# and called as ``mixer(x, positions, cache, return_weights) -> (y, weights or None)``; a
+# feed-forward is built as ``FEEDFORWARDS[kind](config, layer)`` and called as ``ffn(x) -> y``.
+MIXERS: dict[str, Callable[..., nn.Module]] = {"attention": _attention}
+FEEDFORWARDS: dict[str, Callable[..., nn.Module]] = {"swiglu": _swiglu, "gelu": _gelu}
+
+
+class Block(nn.Module):
+    """A mixer and a feed-forward, each with a residual connection and a norm (pre or post)."""
+
+    def __init__(self, config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> None:
+        super().__init__()
+        self.pre = config.norm_position == "pre"
+        self.norm_1 = make_norm(config.norm, config.width, config.norm_eps)
+        self.mixer = MIXERS[config.layer_mixers[index]](config, index, rope)
+        self.norm_2 = make_norm(config.norm, config.width, config.norm_eps)
+        self.ffn = FEEDFORWARDS[config.layer_feedforwards[index]](config, index)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.pre:
+            mixed, weights = self.mixer(self.norm_1(x), positions, cache, return_weights)
+            x = x + mixed
+            return x + self.ffn(self.norm_2(x)), weights
+        mixed, weights = self.mixer(x, positions, cache, return_weights)
+        x = self.norm_1(x + mixed)
+        return self.norm_2(x + self.ffn(x)), weights
+
+
+@dataclass
+class DecoderOutput:
+    """What :meth:`Decoder.forward` returns when asked for more than logits."""
+
+    logits: torch.Tensor
+    attention: list[torch.Tensor | None] = field(default_factory=list)
+
+
+class Decoder(nn.Module):
+    """A decoder-only language model: ``model(ids)`` -> logits ``(batch, seq, vocab_size)``."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.width)
+        self.rope = (RotaryEmbedding(config.dim_per_head, config.rope_base, max_positions=config.max_positions)
+                     if config.positions == "rope" else None)
+        if config.positions == "learned":
+            self.positions = LearnedPositions(config.max_positions, config.width)
+        elif config.positions == "sinusoidal":
+            self.positions = SinusoidalPositions(config.width, max_positions=config.max_positions)
+        else:
+            self.positions = None
+        self.blocks = nn.ModuleList(Block(config, i, self.rope) for i in range(config.n_layers))
+        self.norm = make_norm(config.norm, config.width, config.norm_eps)
+        self.lm_head = nn.Linear(config.width, config.vocab_size, bias=False)
+        self.apply(self._init)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def _init(self, module: nn.Module) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases; residual outputs scaled by 1/sqrt(2L)."""
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            out_proj = any(module is getattr(b.mixer, "out", None) or module is getattr(b.ffn, "down", None)
+                           for b in getattr(self, "blocks", []))
+            nn.init.normal_(module.weight, std=std / (2 * self.config.n_layers) ** 0.5 if out_proj else std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+
+    def new_cache(self, batch: int, max_length: int) -> KVCache:
+        """An empty key-value cache for ``batch`` sequences of up to ``max_length`` tokens."""
+        param = self.embed.weight
+        return KVCache(batch, max_length, dtype=param.dtype, device=param.device)
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long or ids.ndim != 2 or ids.shape[1] == 0:
+            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise ValueError(f"expected token ids as a (batch, seq >= 1) torch.long tensor, got {shape}")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), "
+                             f"got [{int(ids.min())}, {int(ids.max())}]")
+
+    def forward(self, ids: torch.Tensor, *, cache: KVCache | None = None, last_only: bool = False,
+                return_attention: bool = False) -> torch.Tensor | DecoderOutput:
+        """Next-token logits for every position of ``ids`` ``(batch, seq)``.
+
+        With a ``cache``, ``ids`` continue the cached sequence (their positions start at
+        ``cache.length``) and the cache is extended. ``last_only`` computes logits for the last
+        position only, ``(batch, 1, vocab)``. ``return_attention`` returns a :class:`DecoderOutput`
+        with each layer's attention probabilities ``(batch, heads, seq, keys)``.
+        """
+        self._check_ids(ids)
+        start = cache.length if cache is not None else 0
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        x = self.embed(ids)
+        if self.positions is not None:
+            x = x + self.positions(positions)
+        maps = []
+        for block in self.blocks:
+            x, weights = block(x, positions, cache, return_attention)
+            maps.append(weights)
+        if cache is not None:
+            cache.advance(ids.shape[1])
+        x = self.norm(x[:, -1:] if last_only else x)
+        logits = self.lm_head(x)
+        return DecoderOutput(logits, maps) if return_attention else logits
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, *,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Extend ``ids`` ``(batch, seq)`` by ``max_new_tokens`` tokens; returns ``(batch, seq + new)``.
+
+        ``temperature=0`` is greedy decoding; otherwise tokens are sampled (see
+        :mod:`companion.models.sampling`) with ``generator``. With ``use_cache`` (the default) each
+        step runs only the newest token through the model, reading earlier keys and values from a
+        :class:`~companion.nn.cache.KVCache`; without it, every step reruns the whole sequence. Both
+        give the same tokens.
+        """
+        self._check_ids(ids)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if max_new_tokens == 0:
+            return ids
+        was_training = self.training
+        self.eval()
+        try:
+            cache = self.new_cache(ids.shape[0], ids.shape[1] + max_new_tokens) if use_cache else None
+            out = ids
+            logits = self(ids, cache=cache, last_only=True)[:, -1]
+            for step in range(max_new_tokens):
+                token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                out = torch.cat([out, token[:, None]], dim=1)
+                if step + 1 == max_new_tokens:
+                    break
+                if use_cache:
+                    logits = self(token[:, None], cache=cache, last_only=True)[:, -1]
+                else:
+                    logits = self(out, last_only=True)[:, -1]
+            return out
+        finally:
+            self.train(was_training)
+
+    def num_parameters(self, *, embeddings: bool = True) -> int:
+        """Parameters, counting tied weights once (optionally without the token embedding table)."""
+        unique = {id(p): p for p in self.parameters()}
+        total = sum(p.numel() for p in unique.values())
+        return total if embeddings else total - self.embed.weight.numel()
+
+
+def with_changes(config: DecoderConfig, **changes) -> DecoderConfig:
+    """A copy of ``config`` with some fields changed (validated again)."""
+    return replace(config, **changes)
