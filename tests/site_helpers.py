@@ -142,3 +142,172 @@ def check_sequence_cost(page: Page, root: Locator, state: dict) -> None:
     expect(readout, "the readout did not change with the width").not_to_have_text(before_text, timeout=5_000)
     assert shown()[1] == other, f"chose width {other}, the menu shows {shown()[1]}"
     agrees_with_python("after choosing another width")
+
+
+# --------------------------------------------------- The attention explorer (AttentionExplorer)
+def css_alpha(color: str) -> float:
+    """The alpha of a computed CSS colour, ``rgb(r, g, b)`` or ``rgba(r, g, b, a)``."""
+    match = re.fullmatch(r"rgba?\(\s*[\d.]+,\s*[\d.]+,\s*[\d.]+(?:,\s*([\d.]+))?\s*\)", color.strip())
+    assert match, f"unexpected colour {color!r}"
+    return float(match.group(1)) if match.group(1) is not None else 1.0
+
+
+@widget_check(".ab-attn")
+def check_attention_explorer(page: Page, root: Locator, state: dict) -> None:
+    """Layer and head buttons, hovering and clicking tokens (and heatmap rows): the readout's query
+    and top-3 keys, every chip's shade and the heatmap agree with ``top_attended`` on the stored
+    weights."""
+    from companion.widgets import display_token, top_attended
+    from companion.widgets.attention_explorer import decode_weights
+
+    tokens, weights = state["tokens"], decode_weights(state["weights"])  # stored in encode_weights' form
+    n_layers, n_heads, T = len(weights), len(weights[0]), len(tokens)
+    layer_buttons = root.locator(".ab-attn-layers .ab-attn-button")
+    head_buttons = root.locator(".ab-attn-heads .ab-attn-button")
+    chips, readout = root.locator(".ab-attn-tok"), root.locator(".ab-attn-readout")
+    shown_query = readout.locator(".ab-attn-rquery")
+
+    def pressed(buttons: Locator, what: str) -> int:
+        flags = buttons.evaluate_all("bs => bs.map(b => b.getAttribute('aria-pressed'))")
+        on = [i for i, flag in enumerate(flags) if flag == "true"]
+        assert len(on) == 1, f"{what} buttons pressed: {on} (of {len(flags)})"
+        return on[0]
+
+    def agrees_with_python(what: str, query: int | None = None) -> None:
+        layer, head = pressed(layer_buttons, "layer"), pressed(head_buttons, "head")
+        q = int(shown_query.get_attribute("data-index"))
+        if query is not None:
+            assert q == query, f"{what}: the readout is for query {q}, not {query}"
+        where = readout.locator(".ab-attn-where").text_content()
+        assert where == f"layer {layer}, head {head}", f"{what}: the readout says {where!r}"
+        assert shown_query.text_content() == display_token(tokens[q]), (
+            f"{what}: query {q} is shown as {shown_query.text_content()!r}, not {display_token(tokens[q])!r}")
+        items = readout.locator(".ab-attn-top-item").evaluate_all(
+            "items => items.map(i => [Number(i.dataset.index), i.querySelector('.ab-attn-rtok').textContent,"
+            " i.querySelector('.ab-attn-weight').textContent])")
+        expected = [[j, display_token(token), js_to_fixed(w, 2)]
+                    for j, token, w in top_attended(weights, layer, head, q, 3, tokens=tokens)]
+        assert items == expected, f"{what}: layer {layer}, head {head}, query {q}: the page shows {items}, Python {expected}"
+        row = weights[layer][head][q]
+        shades = chips.evaluate_all("cs => cs.map(c => [c.dataset.weight, getComputedStyle(c).backgroundColor])")
+        assert len(shades) == T, f"{what}: {len(shades)} token chips for {T} tokens"
+        for j, (weight_text, color) in enumerate(shades):
+            assert weight_text == js_to_fixed(row[j], 3), (
+                f"{what}: chip {j} has weight {weight_text}, not {js_to_fixed(row[j], 3)}")
+            assert abs(css_alpha(color) - math.sqrt(row[j])) < 0.01, (
+                f"{what}: chip {j} (weight {row[j]}) is shaded {color}, not at opacity sqrt(weight)")
+        outlined = root.locator(".ab-attn-outline").get_attribute("data-index")
+        assert outlined == str(q), f"{what}: the heatmap outlines row {outlined}, not query {q}"
+        cells = root.locator(".ab-attn-cell").count()
+        nonzero = sum(w > 0 for r in weights[layer][head] for w in r)
+        assert cells == nonzero, f"{what}: the heatmap draws {cells} cells, layer {layer} head {head} has {nonzero} weights > 0"
+
+    # As stored.
+    texts = chips.evaluate_all("cs => cs.map(c => c.textContent)")
+    assert texts == [display_token(t) for t in tokens], f"the chips show {texts}, the tokens are {tokens}"
+    stored = (pressed(layer_buttons, "layer"), pressed(head_buttons, "head"), int(shown_query.get_attribute("data-index")))
+    assert stored == (state["layer"], state["head"], state["query"]), (
+        f"the widget shows layer, head, query = {stored}; its stored state says "
+        f"{(state['layer'], state['head'], state['query'])}")
+    assert layer_buttons.count() == n_layers and head_buttons.count() == n_heads, (
+        f"{layer_buttons.count()} layer and {head_buttons.count()} head buttons for weights of {n_layers} x {n_heads}")
+    agrees_with_python("as stored")
+
+    # Another layer, then another head.
+    for buttons, name in ((layer_buttons, "layer"), (head_buttons, "head")):
+        if buttons.count() > 1:
+            current = pressed(buttons, name)
+            other = buttons.count() - 1 if current != buttons.count() - 1 else 0
+            buttons.nth(other).click()
+            expect(buttons.nth(other), f"the {name} button {other} was not pressed").to_have_attribute("aria-pressed", "true")
+            agrees_with_python(f"after choosing {name} {other}")
+
+    if T > 1:
+        pinned = int(shown_query.get_attribute("data-index"))
+        # Hover a token: it becomes the query (a preview).
+        hovered = T // 2 if T // 2 != pinned else T // 2 - 1
+        chips.nth(hovered).hover()
+        expect(shown_query, "hovering a token did not make it the query").to_have_attribute("data-index", str(hovered))
+        agrees_with_python(f"hovering token {hovered}", hovered)
+        # Click another token: it is pinned, and stays the query when the pointer leaves.
+        clicked = 1 if pinned != 1 else 0
+        chips.nth(clicked).click()
+        root.locator(".ab-attn-controls").hover()
+        expect(shown_query, "a clicked token did not stay the query").to_have_attribute("data-index", str(clicked))
+        expect(chips.nth(clicked)).to_have_class(re.compile(r"\bab-attn-pinned\b"))
+        agrees_with_python(f"after clicking token {clicked}", clicked)
+        # Hover a row of the heatmap: that query.
+        row = T - 1 if clicked != T - 1 else 0
+        root.locator(".ab-attn-hit").nth(row).hover()
+        expect(shown_query, "hovering a heatmap row did not make it the query").to_have_attribute("data-index", str(row))
+        agrees_with_python(f"hovering heatmap row {row}", row)
+        root.locator(".ab-attn-controls").hover()
+        expect(shown_query, "the pinned query did not come back").to_have_attribute("data-index", str(clicked))
+
+
+# ------------------------------------------------------------ The mask explorer (MaskExplorer)
+@widget_check(".ab-mask")
+def check_mask_explorer(page: Page, root: Locator, state: dict) -> None:
+    """The kind menu, the length, window, prefix and padding sliders, the side menu and clicks on
+    query rows: the readout, the filled cells and the rows marked as fully masked agree with
+    ``mask_matrix`` and ``describe_query``."""
+    from companion.widgets import describe_query, mask_matrix
+    from companion.widgets.mask_explorer import fully_masked_rows
+
+    kind, side = root.locator(".ab-mask-kind"), root.locator(".ab-mask-side")
+    sliders = {name: root.locator(f".ab-mask-{name}") for name in ("length", "window", "prefix", "padding")}
+    readout = root.locator(".ab-mask-readout")
+
+    def shown() -> dict:
+        values = {name: int(slider.input_value()) for name, slider in sliders.items()}
+        return {"kind": kind.input_value(), "padding_side": side.input_value(), **values}
+
+    def agrees_with_python(what: str, query: int | None = None) -> None:
+        s = shown()
+        mask = mask_matrix(s["kind"], s["length"], window=s["window"], prefix=s["prefix"], padding=s["padding"],
+                           padding_side=s["padding_side"])
+        text = readout.text_content()
+        match = re.match(r"query (\d+) ", text)
+        assert match, f"{what}: unexpected readout {text!r}"
+        q = int(match.group(1))
+        if query is not None:
+            assert q == query, f"{what}: the readout is for query {q}, not {query}"
+        assert text == describe_query(mask, q), f"{what} ({s}): the page says {text!r}, Python {describe_query(mask, q)!r}"
+        outlined = root.locator(".ab-mask-seloutline").get_attribute("data-row")
+        assert outlined == str(q), f"{what}: row {outlined} is highlighted, not query {q}"
+        cells = root.locator(".ab-mask-cell").evaluate_all(
+            "cs => cs.map(c => [Number(c.dataset.row), Number(c.dataset.col), c.classList.contains('ab-on')])")
+        assert len(cells) == s["length"] ** 2, f"{what}: {len(cells)} cells for length {s['length']}"
+        filled = sorted((i, j) for i, j, on in cells if on)
+        expected = [(i, j) for i, row in enumerate(mask) for j, on in enumerate(row) if on]
+        assert filled == expected, (f"{what} ({s}): {len(filled)} filled cells, Python's mask has {len(expected)}"
+                                    f"{'' if len(filled) != len(expected) else ' (in other places)'}")
+        marked = root.locator(".ab-mask-nanrow").evaluate_all("rs => rs.map(r => Number(r.dataset.row))")
+        assert marked == fully_masked_rows(mask), f"{what} ({s}): rows marked fully masked {marked}, Python {fully_masked_rows(mask)}"
+
+    # As stored.
+    stored = {name: state[name] for name in ("kind", "padding_side", "length", "window", "prefix", "padding")}
+    assert shown() == stored, f"the widget shows {shown()}; its stored state says {stored}"
+    agrees_with_python("as stored", state["query"])
+
+    def choose(label: str, row: int, kind_value: str | None = None, side_value: str | None = None, **values) -> None:
+        if kind_value is not None:
+            kind.select_option(kind_value)
+        if side_value is not None:
+            side.select_option(side_value)
+        for name, value in values.items():
+            sliders[name].fill(str(value))
+            expect(sliders[name], f"{label}: {name} did not move").to_have_value(str(value))
+        root.locator(f'.ab-mask-rowlabel[data-row="{row}"]').click()
+        expect(readout, f"{label}: clicking row {row} did not select it").to_have_text(re.compile(rf"^query {row} "))
+        agrees_with_python(label, row)
+
+    choose("sliding window", 7, "sliding window", length=10, window=3)
+    choose("prefix-LM", 2, "prefix-LM", prefix=4)
+    choose("causal + left padding", 1, "causal + padding", "left", padding=3)
+    assert "no key" in readout.text_content(), "with left padding, query 1 (a pad) must see no key"
+    expect(root.locator(".ab-mask-warning")).to_be_visible()
+    choose("causal + right padding", 9, side_value="right")
+    choose("bidirectional + padding", 0, "bidirectional + padding", side_value="left", padding=2)
+    choose("bidirectional", 5, "bidirectional", length=6)
+    choose("causal", min(3, state["length"] - 1), "causal", length=state["length"])

@@ -248,3 +248,15 @@ def test_training_step_reduces_loss():
 def test_kv_cache_rejects_bad_sizes():
     with pytest.raises(ValueError):
         KVCache(0, 4)
+
+
+def test_without_residuals_each_sublayer_replaces_its_input():
+    model = make(residual=False, n_layers=1)
+    block = model.blocks[0]
+    x = torch.randn(1, 5, 32)
+    positions = torch.arange(5)
+    with torch.no_grad():
+        out, _ = block(x, positions)
+        mixed, _ = block.mixer(block.norm_1(x), positions, None, False)
+        expected = block.ffn(block.norm_2(mixed))
+    torch.testing.assert_close(out, expected)

@@ -1,16 +1,26 @@
-"""companion.widgets.sequence_cost: the Python twin, the widget's state, and the JavaScript's formulas."""
+"""companion.widgets: for each widget, the Python twin, the widget's state, and the JavaScript's rules.
+
+SequenceCost (chapter 1), AttentionExplorer (chapter 2) and MaskExplorer (chapter 3). The JavaScript
+is run in Node (skipped without it) and compared with the Python twin that the site checks use.
+"""
 
 import json
 import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import traitlets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.widgets import SequenceCost, sequence_costs
+from companion.kernels import attention_mask
+from companion.widgets import (AttentionExplorer, MaskExplorer, SequenceCost, describe_query, display_token,
+                               mask_matrix, sequence_costs, top_attended)
+from companion.widgets import attention_explorer as attn_module
+from companion.widgets import mask_explorer as mask_module
 from companion.widgets import sequence_cost as module
 
 JS_PATH = Path(module.__file__).with_name("sequence_cost.js")
@@ -147,3 +157,507 @@ def test_javascript_reads_and_writes_only_synced_traits():
         used |= set(re.findall(r'"(\w+)"', names))
     assert {"length", "d_model", "bytes_per_value", "min_log2", "max_log2"} <= used
     assert used <= synced, used - synced
+
+
+# ================================================================== shared: running the JavaScript
+def js_pure_block(path: Path) -> str:
+    """The block of pure functions of a widget's .js file (between its two marker comments)."""
+    match = re.search(r"^// ---- pure functions.*?$(.*?)^// ---- end of pure functions ----$",
+                      path.read_text(), re.M | re.S)
+    assert match, f"no pure-function block in {path.name}"
+    block = match.group(1)
+    assert "document" not in block and "model." not in block, f"the pure block of {path.name} touches the page"
+    return block
+
+
+def run_js(node: str, path: Path, body: str):
+    """Run ``body`` after the pure block of ``path`` in Node; returns what it prints (JSON)."""
+    script = js_pure_block(path) + "\n" + body
+    result = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def synced_names_used(source: str) -> set[str]:
+    """Trait names the JavaScript reads, writes or listens to."""
+    used = set(re.findall(r'model\.(?:get|set)\("(\w+)"', source))
+    used |= set(re.findall(r'select\("(\w+)"', source))  # attention_explorer.js's select(name, value)
+    for fields in re.findall(r"save\(\{([^}]*)\}", source):  # mask_explorer.js's save({name: value, ...})
+        used |= set(re.findall(r"(\w+):", fields))
+    for names in re.findall(r"const names = \[([^\]]*)\]", source):
+        used |= set(re.findall(r'"(\w+)"', names))
+    for names in re.findall(r"for \(const name of \[([^\]]*)\]\)", source):
+        used |= set(re.findall(r'"(\w+)"', names))
+    return used
+
+
+# ================================================================ AttentionExplorer (chapter 2)
+
+ATTN_JS = Path(attn_module.__file__).with_name("attention_explorer.js")
+ATTN_CSS = Path(attn_module.__file__).with_name("attention_explorer.css")
+TOKENS = ["def", " add", "(", "a", ",", " b", "):", "\n", "   ", " return", " a", " +", " b", "\n"]
+
+
+def causal_attention(layers: int, heads: int, T: int, seed: int = 0) -> torch.Tensor:
+    """Softmax of random scores with a causal mask: ``(layers, heads, T, T)``, rows summing to 1."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(layers, heads, T, T, generator=generator, dtype=torch.float64) * 2
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return scores.softmax(-1)
+
+
+def test_display_token_makes_whitespace_visible():
+    assert display_token("def") == "def"
+    assert display_token(" return") == "\u00b7return"
+    assert display_token("\n") == "\u21b5"
+    assert display_token("\t x\r\n") == "\u21e5\u00b7x\u240d\u21b5"
+    assert display_token("") == "\u2205"
+    assert display_token("<b>&") == "<b>&"  # drawn with textContent: no escaping needed or wanted
+
+
+def test_round_rows_keeps_every_row_summing_to_one():
+    weights = causal_attention(3, 2, 17, seed=1).numpy()
+    rounded = attn_module.round_rows(weights)
+    assert rounded.dtype == np.int64
+    assert (rounded.sum(-1) == 1000).all()
+    assert (np.abs(rounded / 1000 - weights) < 1e-3).all()
+    assert (rounded[weights == 0] == 0).all()  # masked keys stay exactly 0
+    assert (attn_module.round_rows(rounded / 1000) == rounded).all()  # idempotent
+
+
+def test_round_rows_is_largest_remainder():
+    # thirds: 333.33.. each; one unit is left over and goes to the first (ties to the earlier key)
+    assert attn_module.round_rows(np.array([[1 / 3, 1 / 3, 1 / 3]])).tolist() == [[334, 333, 333]]
+    assert attn_module.round_rows(np.array([[0.1234, 0.8766]])).tolist() == [[123, 877]]
+    assert attn_module.round_rows(np.array([[0.0006, 0.0006, 0.9988]])).tolist() == [[1, 0, 999]]
+
+
+def brute_force_top(row: list[float], k: int) -> list[int]:
+    """Key j is ranked by how many keys beat it (more weight, or as much and earlier)."""
+    rank = {j: sum(1 for i, v in enumerate(row) if v > row[j] or (v == row[j] and i < j))
+            for j in range(len(row)) if row[j] > 0}
+    return [j for j, r in sorted(rank.items(), key=lambda item: item[1]) if r < k]
+
+
+@settings(max_examples=200, deadline=None)
+@given(row=st.lists(st.sampled_from([0.0, 0.001, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0]), min_size=1, max_size=12),
+       k=st.integers(0, 5))
+def test_top_attended_is_the_k_largest(row, k):
+    got = top_attended([[[row]]], 0, 0, 0, k, tokens=[f"t{j}" for j in range(len(row))])  # (1, 1, 1, T)
+    expected = brute_force_top(row, k)
+    assert [j for j, _, _ in got] == expected
+    assert [(token, w) for _, token, w in got] == [(f"t{j}", row[j]) for j in expected]
+
+
+def test_top_attended_of_a_widget():
+    attn = causal_attention(2, 3, len(TOKENS))
+    widget = AttentionExplorer(TOKENS, attn, layer=1, head=2, query=9)
+    top = widget.top_attended()
+    row = widget.weights[1][2][9]
+    assert len(top) == 3 and top == top_attended(widget.weights, 1, 2, 9, tokens=TOKENS)
+    assert [w for _, _, w in top] == sorted((w for w in row if w > 0), reverse=True)[:3]
+    assert all(TOKENS[j] == token and row[j] == w for j, token, w in top)
+    assert top_attended(widget.weights, 1, 2, 9)[0][1] is None  # no tokens given: no token
+    assert top_attended(widget.weights, 0, 0, 0, k=3, tokens=TOKENS) == [(0, "def", 1.0)]  # causal: one key
+    with pytest.raises(ValueError, match="k must be"):
+        top_attended(widget.weights, 0, 0, 0, k=-1)
+
+
+def test_attention_explorer_stores_rounded_weights_and_defaults():
+    attn = causal_attention(2, 3, len(TOKENS))
+    widget = AttentionExplorer(TOKENS, attn, title="add(a, b)")
+    assert (widget.layer, widget.head, widget.query) == (0, 0, len(TOKENS) - 1)  # query=None: the last token
+    assert widget.tokens == TOKENS and widget.title == "add(a, b)"
+    stored = np.array(widget.weights)
+    assert stored.shape == (2, 3, len(TOKENS), len(TOKENS))
+    assert (np.abs(stored - attn.numpy()) < 1e-3).all()
+    assert (stored * 1000 == np.round(stored * 1000)).all()  # thousandths
+    assert np.allclose(stored.sum(-1), 1, atol=1e-12)
+    assert widget.row() == widget.weights[0][0][len(TOKENS) - 1]
+    for name in ("tokens", "weights", "layer", "head", "query", "title"):
+        assert name in widget.get_state()
+
+
+def test_weights_are_synced_compactly_and_exactly():
+    attn = causal_attention(2, 3, len(TOKENS))
+    widget = AttentionExplorer(TOKENS, attn)
+    synced = widget.get_state()["weights"]
+    assert set(synced) == {"shape", "rows"} and synced["shape"] == [2, 3, len(TOKENS)]
+    rows = synced["rows"].split(";")
+    assert len(rows) == 2 * 3 * len(TOKENS)
+    assert rows[0] == "1000"  # the first query of a causal model: all on itself, no trailing zeros
+    for i, row in enumerate(rows):
+        units = [int(u) for u in row.split(",")]
+        assert sum(units) == 1000 and len(units) <= i % len(TOKENS) + 1 and units[-1] != 0
+    assert attn_module.decode_weights(synced) == widget.weights
+    assert attn_module.encode_weights(attn_module.decode_weights(synced)) == synced
+    assert attn_module.decode_weights(attn_module.encode_weights([])) == []
+    full = np.full((1, 2, 3, 3), 1 / 3)
+    assert attn_module.encode_weights(AttentionExplorer(list("abc"), full).weights)["rows"] == ";".join(["334,333,333"] * 6)
+    with pytest.raises(ValueError, match="rows"):
+        attn_module.decode_weights({"shape": [1, 1, 3], "rows": "1000;500,500"})
+
+
+def test_attention_explorer_repr_is_stable():
+    attn = causal_attention(2, 4, 5)
+    widget = AttentionExplorer(list("abcde"), attn, head=3, query=2)
+    text = repr(widget)
+    assert not re.search(r"0x[0-9a-fA-F]+", text)
+    assert text == "AttentionExplorer(tokens=5, layers=2, heads=4, layer=0, head=3, query=2)"
+    widget.layer, widget.query = 1, 4
+    assert repr(widget) == "AttentionExplorer(tokens=5, layers=2, heads=4, layer=1, head=3, query=4)"
+    assert repr(AttentionExplorer(list("abcde"), attn, title="x")).endswith("query=4, title='x')")
+
+
+def test_attention_explorer_accepts_lists_arrays_and_tensors():
+    attn = causal_attention(2, 3, 6)
+    tokens = list("abcdef")
+    expected = AttentionExplorer(tokens, attn).weights
+    assert AttentionExplorer(tokens, attn.float()).weights == expected
+    assert AttentionExplorer(tokens, attn.numpy()).weights == expected
+    assert AttentionExplorer(tokens, attn.tolist()).weights == expected
+    assert AttentionExplorer(tokens, attn.requires_grad_(True) * 1).weights == expected  # a tensor with grad
+    assert AttentionExplorer.from_tensor(tokens, attn).weights == expected
+    assert AttentionExplorer.from_tensor(tokens, [attn[0], attn[1]]).weights == expected  # (heads, T, T) each
+    assert AttentionExplorer.from_tensor(tokens, (attn[0:1], attn[1:2])).weights == expected  # (1, heads, T, T)
+    widget = AttentionExplorer.from_tensor(tokens, list(attn), layer=1, title="t")
+    assert (widget.layer, widget.title) == (1, "t")
+
+
+@pytest.mark.parametrize("attn, match", [
+    (lambda a: [], "at least one layer"),
+    (lambda a: [a[0], a[1, :2]], "attn\\[1\\] has shape"),
+    (lambda a: [torch.stack([a[0], a[0]])], "batch of 2"),
+    (lambda a: [a[0, 0]], "attn\\[0\\] must have shape"),
+    (lambda a: a[0], "attn must have shape"),
+])
+def test_from_tensor_rejects_bad_layouts(attn, match):
+    with pytest.raises(ValueError, match=match):
+        AttentionExplorer.from_tensor(list("abcdef"), attn(causal_attention(2, 3, 6)))
+
+
+def bad_weights():
+    good = causal_attention(1, 2, 4).numpy()
+    nan, neg, half, wide = good.copy(), good.copy(), good.copy(), np.ones((1, 1, 4, 5)) / 5
+    nan[0, 1, 2, 0] = np.nan
+    neg[0, 0, 3, :2] = [-0.1, 0.1 + good[0, 0, 3, 0] + good[0, 0, 3, 1]]
+    half[0, 1, 3] *= 0.5
+    return [
+        (None, TypeError, "must be a nested list"),
+        ("0.5", TypeError, "must be a nested list"),
+        ({"a": 1}, TypeError, "must be a nested list"),
+        (0.5, TypeError, "must be a nested list"),
+        ([[[[1.0]]], [[[1.0, 0.0]]]], ValueError, "rectangular"),
+        ([[[["x"] * 4] * 4]], ValueError, "rectangular"),
+        (good[0], ValueError, "shape \\(layers, heads, T, T\\)"),
+        (good[:, :, :3, :3], ValueError, "for 4 tokens"),
+        (wide, ValueError, "for 4 tokens"),
+        (np.zeros((0, 1, 4, 4)), ValueError, "at least one layer"),
+        (nan, ValueError, "finite"),
+        (np.where(np.isnan(nan), np.inf, good), ValueError, "finite"),
+        (neg, ValueError, "non-negative"),
+        (half, ValueError, "layer 0, head 1, query 3 sums to"),
+        (good * (1 + 2e-3), ValueError, "sum to 1"),
+    ]
+
+
+@pytest.mark.parametrize("weights, error, match", bad_weights())
+def test_attention_explorer_rejects_bad_weights(weights, error, match):
+    with pytest.raises(error, match=match):
+        AttentionExplorer(list("abcd"), weights)
+
+
+def test_attention_explorer_accepts_rows_within_tolerance():
+    good = causal_attention(1, 1, 4).numpy()
+    widget = AttentionExplorer(list("abcd"), good * (1 + 5e-4))
+    assert np.allclose(np.array(widget.weights).sum(-1), 1, atol=1e-12)
+
+
+def test_attention_explorer_rejects_too_much_data():
+    T = 128  # 16 * 128 * 128 > MAX_VALUES
+    with pytest.raises(ValueError, match="at most"):
+        AttentionExplorer([str(i) for i in range(T)], np.full((16, 1, T, T), 1 / T))
+
+
+@pytest.mark.parametrize("tokens, error", [
+    ("abcd", TypeError), (None, TypeError), (["a", "b", 3, "d"], TypeError), ([b"a"] * 4, TypeError), ([], ValueError),
+])
+def test_attention_explorer_rejects_bad_tokens(tokens, error):
+    weights = np.full((1, 1, 4, 4), 0.25)
+    with pytest.raises(error, match="tokens"):
+        AttentionExplorer(tokens, weights)
+
+
+@pytest.mark.parametrize("name, bad", [("layer", 2), ("layer", -1), ("head", 3), ("query", 6), ("query", -1),
+                                       ("layer", True), ("head", 1.5), ("query", "2")])
+def test_attention_explorer_rejects_bad_indices(name, bad):
+    attn = causal_attention(2, 3, 6)
+    widget = AttentionExplorer(list("abcdef"), attn)
+    before = getattr(widget, name)
+    with pytest.raises(traitlets.TraitError):
+        setattr(widget, name, bad)
+    assert getattr(widget, name) == before
+    with pytest.raises(traitlets.TraitError):
+        AttentionExplorer(list("abcdef"), attn, **{name: bad})
+
+
+def test_attention_explorer_data_can_be_replaced_consistently():
+    widget = AttentionExplorer(list("abcdef"), causal_attention(2, 3, 6), layer=1, head=2, query=5)
+    with pytest.raises(traitlets.TraitError, match="tokens has 3 entries"):
+        widget.tokens = ["x", "y", "z"]
+    with pytest.raises(traitlets.TraitError, match="for 6 tokens"):
+        widget.weights = causal_attention(1, 1, 3).tolist()
+    with pytest.raises(traitlets.TraitError, match="sum to 1"):
+        widget.weights = (causal_attention(2, 3, 6) * 2).tolist()
+    with pytest.raises(traitlets.TraitError, match="layer"):
+        widget.weights = causal_attention(1, 3, 6).tolist()  # layer=1 no longer exists
+    assert repr(widget) == "AttentionExplorer(tokens=6, layers=2, heads=3, layer=1, head=2, query=5)"
+    with widget.hold_trait_notifications():
+        widget.tokens = ["x", "y", "z"]
+        widget.weights = causal_attention(1, 1, 3).tolist()
+        widget.layer, widget.head, widget.query = 0, 0, 2
+    assert repr(widget) == "AttentionExplorer(tokens=3, layers=1, heads=1, layer=0, head=0, query=2)"
+    assert np.allclose(np.array(widget.weights).sum(-1), 1)
+
+
+def test_attention_explorer_ships_its_javascript_and_css():
+    widget = AttentionExplorer(["a"], [[[[1.0]]]])
+    assert str(widget._esm) == ATTN_JS.read_text() and str(widget._css) == ATTN_CSS.read_text()
+    esm = ATTN_JS.read_text()
+    assert re.search(r"^function render\(", esm, re.M)
+    assert re.search(r"^export default \{[^}]*\brender\b", esm, re.M)
+    assert not re.search(r"^\s*import\b|https?://(?!www\.w3\.org/2000/svg)", esm, re.M)  # nothing from outside
+    assert ".ab-attn-readout" in ATTN_CSS.read_text()
+    used = synced_names_used(esm)
+    assert {"tokens", "weights", "layer", "head", "query", "title"} <= used
+    assert used <= set(AttentionExplorer.class_traits(sync=True)), used - set(AttentionExplorer.class_traits(sync=True))
+
+
+DISPLAY_CASES = ["def", " x", "\n", "\n\n", "    ", "\t", "\r\n", "", "<b>", "é", "😀 ", "a b\tc\nd"]
+
+
+def test_javascript_display_token_equals_python(node):
+    js = run_js(node, ATTN_JS, f"console.log(JSON.stringify({json.dumps(DISPLAY_CASES)}.map(displayToken)));")
+    assert js == [display_token(t) for t in DISPLAY_CASES]
+
+
+def test_javascript_top_attended_equals_python(node):
+    rng = np.random.default_rng(0)
+    rows = [[1.0], [0.5, 0.5], [0.0, 0.0, 1.0], [0.2, 0.2, 0.2, 0.2, 0.2], [0.25, 0.0, 0.25, 0.5], [0.0, 1.0, 0.0]]
+    rows += [AttentionExplorer(TOKENS, causal_attention(1, 1, len(TOKENS), seed=s)).weights[0][0][q]
+             for s in range(4) for q in range(len(TOKENS))]
+    rows += [(np.round(rng.dirichlet(np.ones(9) * 0.3), 3)).tolist() for _ in range(20)]
+    cases = [(row, k) for row in rows for k in (1, 3, 5)]
+    js = run_js(node, ATTN_JS, f"const cases = {json.dumps(cases)};\n"
+                "console.log(JSON.stringify(cases.map(([row, k]) => topAttended(row, k))));")
+    assert len(js) == len(cases)
+    for (row, k), from_js in zip(cases, js):
+        python = top_attended([[[row]]], 0, 0, 0, k)  # (layers=1, heads=1, queries=1, T)
+        assert [[j, w] for j, _, w in python] == from_js, (row, k)
+
+
+def test_javascript_decodes_the_weights_as_python(node):
+    cases = [AttentionExplorer(TOKENS, causal_attention(2, 3, len(TOKENS), seed=5)).get_state()["weights"],
+             AttentionExplorer(list("abc"), np.full((1, 2, 3, 3), 1 / 3)).get_state()["weights"],
+             AttentionExplorer(["x"], [[[[1.0]]]]).get_state()["weights"],
+             attn_module.encode_weights([])]
+    js = run_js(node, ATTN_JS, f"console.log(JSON.stringify({json.dumps(cases)}.map(decodeWeights)));")
+    assert js == [attn_module.decode_weights(case) for case in cases]
+
+
+def test_javascript_shade_is_the_square_root(node):
+    values = [0, 0.01, 0.25, 0.5, 1, 1.5, -0.1]
+    js = run_js(node, ATTN_JS, f"console.log(JSON.stringify({json.dumps(values)}.map(shade)));")
+    assert js == pytest.approx([min(1, max(0, v)) ** 0.5 for v in values])
+
+
+# ====================================================================== MaskExplorer (chapter 3)
+
+MASK_JS = Path(mask_module.__file__).with_name("mask_explorer.js")
+MASK_CSS = Path(mask_module.__file__).with_name("mask_explorer.css")
+KINDS = mask_module.KINDS
+
+
+def mask_by_the_rules(kind, length, window, prefix, padding, side):
+    """The module docstring's rules, one cell at a time."""
+    grid = []
+    for i in range(length):
+        row = []
+        for j in range(length):
+            if side == "right":
+                is_pad = j >= length - padding
+            else:
+                is_pad = j < padding
+            if kind in ("causal", "causal + padding"):
+                ok = j <= i
+            elif kind == "sliding window":
+                ok = i - window < j <= i
+            elif kind == "prefix-LM":
+                ok = j <= i or (i < prefix and j < prefix)
+            else:
+                ok = True
+            if kind.endswith("padding") and is_pad:
+                ok = False
+            row.append(ok)
+        grid.append(row)
+    return grid
+
+
+PARAMS = [(length, window, prefix, padding, side)
+          for length in (1, 2, 5, 12)
+          for window in (1, 3, 12)
+          for prefix in (0, 1, 4, 12)
+          for padding in (0, 1, 3, 5, 12)
+          for side in ("left", "right")]
+
+
+def test_kinds_are_documented():
+    assert KINDS == ("causal", "causal + padding", "sliding window", "prefix-LM", "bidirectional",
+                     "bidirectional + padding")
+    for kind in KINDS:
+        assert f'``"{kind}"``' in mask_module.__doc__
+        assert kind in mask_module.KIND_DESCRIPTIONS
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mask_matrix_follows_the_rules(kind):
+    for length, window, prefix, padding, side in PARAMS:
+        got = mask_matrix(kind, length, window=window, prefix=prefix, padding=padding, padding_side=side)
+        assert got == mask_by_the_rules(kind, length, window, prefix, padding, side), (kind, length, window, prefix,
+                                                                                      padding, side)
+        assert all(type(v) is bool for row in got for v in row)
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 12, 32])
+def test_mask_matrix_is_the_kernels_mask(length):
+    assert mask_matrix("causal", length) == attention_mask(length, length, causal=True).tolist()
+    for window in (1, 2, 4, length, length + 3):
+        assert (mask_matrix("sliding window", length, window=window)
+                == attention_mask(length, length, causal=True, window=window).tolist())
+    assert mask_matrix("bidirectional", length) == attention_mask(length, length).tolist()
+
+
+def test_mask_special_cases():
+    L = 9
+    causal = mask_matrix("causal", L)
+    assert mask_matrix("prefix-LM", L, prefix=0) == causal
+    assert mask_matrix("prefix-LM", L, prefix=1) == causal
+    assert mask_matrix("prefix-LM", L, prefix=L) == mask_matrix("bidirectional", L)
+    assert mask_matrix("sliding window", L, window=L) == causal
+    assert mask_matrix("causal + padding", L, padding=0) == causal
+    assert all(sum(row) == 1 for row in mask_matrix("sliding window", L, window=1))  # only itself
+
+
+def test_fully_masked_rows_the_trap():
+    rows = mask_module.fully_masked_rows
+    # left padding + causal: the first pad queries see only pads, all masked
+    assert rows(mask_matrix("causal + padding", 10, padding=3, padding_side="left")) == [0, 1, 2]
+    assert rows(mask_matrix("causal + padding", 10, padding=3, padding_side="right")) == []
+    assert rows(mask_matrix("bidirectional + padding", 10, padding=3, padding_side="left")) == []
+    assert rows(mask_matrix("causal + padding", 10, padding=10)) == list(range(10))
+    assert rows(mask_matrix("causal", 10)) == []
+    assert mask_module.pad_positions(5, 2, "left") == [True, True, False, False, False]
+    assert mask_module.pad_positions(5, 2, "right") == [False, False, False, True, True]
+    assert mask_module.pad_positions(3, 7, "right") == [True] * 3
+
+
+def test_describe_query():
+    mask = mask_matrix("causal + padding", 6, padding=2, padding_side="left")
+    assert describe_query(mask, 0) == "query 0 sees no key: softmax of all -inf is NaN"
+    assert describe_query(mask, 2) == "query 2 sees keys [2]"
+    assert describe_query(mask, 5) == "query 5 sees keys [2, 3, 4, 5]"
+    assert describe_query(mask_matrix("sliding window", 6, window=2), 5) == "query 5 sees keys [4, 5]"
+    assert mask_module.visible_keys(mask, 4) == [2, 3, 4]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kind": "full"}, "kind must be one of"), ({"kind": "Causal"}, "kind must be one of"),
+    ({"length": 0}, "length"), ({"length": 2.0}, "length"), ({"length": True}, "length"),
+    ({"window": 0}, "window"), ({"prefix": -1}, "prefix"), ({"padding": -2}, "padding"),
+    ({"padding_side": "top"}, "padding_side"),
+])
+def test_mask_matrix_rejects_bad_arguments(kwargs, match):
+    args = {"kind": "causal", "length": 6, **kwargs}
+    kind, length = args.pop("kind"), args.pop("length")
+    with pytest.raises(ValueError, match=match):
+        mask_matrix(kind, length, **args)
+
+
+def test_mask_explorer_defaults_repr_and_readout():
+    widget = MaskExplorer()
+    text = repr(widget)
+    assert not re.search(r"0x[0-9a-fA-F]+", text)
+    assert text == ("MaskExplorer(kind='causal', length=12, window=4, prefix=4, padding=3, padding_side='right', "
+                    "query=11)")
+    assert widget.mask() == mask_matrix("causal", 12)
+    assert widget.readout() == "query 11 sees keys [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]"
+    widget.kind, widget.padding_side, widget.query = "causal + padding", "left", 1
+    assert widget.readout() == "query 1 sees no key: softmax of all -inf is NaN"
+    assert repr(widget) == ("MaskExplorer(kind='causal + padding', length=12, window=4, prefix=4, padding=3, "
+                            "padding_side='left', query=1)")
+    assert MaskExplorer(length=5).query == 4 and MaskExplorer(length=5, query=0).query == 0
+    state = widget.get_state()
+    for name in ("kind", "length", "window", "prefix", "padding", "padding_side", "query", "max_length"):
+        assert name in state
+    assert state["max_length"] == mask_module.MAX_LENGTH
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("kind", "full"), ("kind", 3), ("padding_side", "up"), ("length", 0), ("length", mask_module.MAX_LENGTH + 1),
+    ("length", True), ("window", 0), ("window", 13), ("prefix", -1), ("prefix", 13), ("padding", -1),
+    ("padding", 13), ("query", -1), ("query", 12), ("query", "3"),
+])
+def test_mask_explorer_rejects_bad_values(name, bad):
+    widget = MaskExplorer()
+    before = getattr(widget, name)
+    with pytest.raises(traitlets.TraitError):
+        setattr(widget, name, bad)
+    assert getattr(widget, name) == before
+    with pytest.raises(traitlets.TraitError):
+        MaskExplorer(**{name: bad})
+
+
+def test_mask_explorer_shrinks_with_its_length():
+    widget = MaskExplorer(kind="prefix-LM", length=12, window=10, prefix=9, padding=8, query=11)
+    widget.length = 5
+    assert (widget.window, widget.prefix, widget.padding, widget.query) == (5, 5, 5, 4)
+    widget.length = 20  # growing leaves them alone
+    assert (widget.window, widget.prefix, widget.padding, widget.query) == (5, 5, 5, 4)
+    assert widget.mask() == mask_matrix("prefix-LM", 20, prefix=5)
+    with widget.hold_trait_notifications():  # as the front end sends it: several traits at once
+        widget.length, widget.padding, widget.query = 3, 3, 2
+    assert (widget.length, widget.padding, widget.query) == (3, 3, 2)
+
+
+def test_mask_explorer_ships_its_javascript_and_css():
+    widget = MaskExplorer()
+    assert str(widget._esm) == MASK_JS.read_text() and str(widget._css) == MASK_CSS.read_text()
+    esm = MASK_JS.read_text()
+    assert re.search(r"^function render\(", esm, re.M)
+    assert re.search(r"^export default \{[^}]*\brender\b", esm, re.M)
+    assert not re.search(r"^\s*import\b|https?://(?!www\.w3\.org/2000/svg)", esm, re.M)
+    assert ".ab-mask-readout" in MASK_CSS.read_text()
+    used = synced_names_used(esm)
+    assert {"kind", "length", "window", "prefix", "padding", "padding_side", "query", "max_length"} <= used
+    assert used <= set(MaskExplorer.class_traits(sync=True)), used - set(MaskExplorer.class_traits(sync=True))
+
+
+def test_javascript_mask_equals_python(node):
+    cases = [(kind, *params) for kind in KINDS for params in PARAMS]
+    js = run_js(node, MASK_JS, f"const cases = {json.dumps(cases)};\n"
+                "console.log(JSON.stringify(cases.map((c) => { const m = maskMatrix(...c);"
+                " return [m, fullyMaskedRows(m), m.map((_, i) => describeQuery(m, i))]; })));")
+    assert len(js) == len(cases)
+    for (kind, length, window, prefix, padding, side), (mask, empty, readouts) in zip(cases, js):
+        python = mask_matrix(kind, length, window=window, prefix=prefix, padding=padding, padding_side=side)
+        assert mask == python, (kind, length, window, prefix, padding, side)
+        assert empty == mask_module.fully_masked_rows(python)
+        assert readouts == [describe_query(python, i) for i in range(length)]
+
+
+def test_javascript_kinds_and_descriptions_equal_python(node):
+    js = run_js(node, MASK_JS, "console.log(JSON.stringify([KINDS, KIND_DESCRIPTIONS]));")
+    assert tuple(js[0]) == KINDS
+    assert js[1] == mask_module.KIND_DESCRIPTIONS
+    with pytest.raises(AssertionError):  # an unknown kind is an error in JavaScript too
+        run_js(node, MASK_JS, 'console.log(JSON.stringify(maskMatrix("full", 3, 1, 0, 0, "left")));')

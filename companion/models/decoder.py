@@ -9,6 +9,8 @@ connection with a normalisation::
     pre-norm (GPT-2, Llama):   x = x + mixer(norm_1(x));   x = x + ffn(norm_2(x))
     post-norm (Vaswani 2017):  x = norm_1(x + mixer(x));   x = norm_2(x + ffn(x))
 
+(``residual=False`` drops the ``x +``, only to show in chapter 2 what the residual path is for.)
+
 ``config.mixers`` and ``config.feedforwards`` name the part of each layer, from the registries
 :data:`MIXERS` and :data:`FEEDFORWARDS`; later chapters register new kinds there instead of writing
 new models. With RMSNorm, SwiGLU, RoPE, pre-norm and no biases, the decoder is a Llama
@@ -49,6 +51,7 @@ class DecoderConfig:
     norm: str = "rmsnorm"                  # "rmsnorm" or "layernorm"
     norm_eps: float = 1e-5
     norm_position: str = "pre"             # "pre" or "post"
+    residual: bool = True                  # False only to show what residual connections do
     positions: str = "rope"                # "rope", "learned", "sinusoidal" or "none"
     rope_base: float = 10000.0
     max_positions: int = 2048              # learned positions: table size; others: initial cache size
@@ -131,6 +134,7 @@ class Block(nn.Module):
     def __init__(self, config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> None:
         super().__init__()
         self.pre = config.norm_position == "pre"
+        self.residual = config.residual
         self.norm_1 = make_norm(config.norm, config.width, config.norm_eps)
         self.mixer = MIXERS[config.layer_mixers[index]](config, index, rope)
         self.norm_2 = make_norm(config.norm, config.width, config.norm_eps)
@@ -138,13 +142,14 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        keep = 1.0 if self.residual else 0.0  # without residuals each sublayer replaces x
         if self.pre:
             mixed, weights = self.mixer(self.norm_1(x), positions, cache, return_weights)
-            x = x + mixed
-            return x + self.ffn(self.norm_2(x)), weights
+            x = keep * x + mixed
+            return keep * x + self.ffn(self.norm_2(x)), weights
         mixed, weights = self.mixer(x, positions, cache, return_weights)
-        x = self.norm_1(x + mixed)
-        return self.norm_2(x + self.ffn(x)), weights
+        x = self.norm_1(keep * x + mixed)
+        return self.norm_2(keep * x + self.ffn(x)), weights
 
 
 @dataclass
