@@ -49,6 +49,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RENDER_TIMEOUT_MS = 30_000  # widgets and MathJax, per page
 CHAPTER_1 = "notebooks/01_sequence_problem.html"
+CHAPTER_2 = "notebooks/02_attention.html"
+CHAPTER_3 = "notebooks/03_masking.html"
 # Folders of the built site that hold assets, not pages (the theme copies Jinja macro files,
 # *.html, into _static).
 NOT_PAGES = {"_static", "_sources", "_images", "_vendor"}
@@ -295,5 +297,6 @@ def test_math_is_typeset(reports):
 
 def test_interactive_widgets_respond(reports):
     assert not problems(reports, "check_problems"), problems(reports, "check_problems")
-    assert any(run.startswith(".ab-cost ") for run in reports[CHAPTER_1].checks_run), (
-        f"the SequenceCost check did not run on {CHAPTER_1}")
+    for page, selector in ((CHAPTER_1, ".ab-cost "), (CHAPTER_2, ".ab-attn "), (CHAPTER_3, ".ab-mask ")):
+        assert any(run.startswith(selector) for run in reports[page].checks_run), (
+            f"the {selector.strip()} widget check did not run on {page}")
