@@ -34,7 +34,8 @@ SHAPE = dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--rounds", type=int, default=3, help="independent comparisons; all are reported")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -57,9 +58,11 @@ def main() -> None:
 
     hf.train()
     ours.train()
-    training = bench.compare(train_step(ours, lambda out: out), train_step(hf, lambda out: out.logits),
-                             repeats=args.repeats, warmup=2, device=device, names=("companion", "transformers"))
-    print("training step:", training, flush=True)
+    trainings = [bench.compare(train_step(ours, lambda out: out), train_step(hf, lambda out: out.logits),
+                               repeats=args.repeats, warmup=2, device=device, names=("companion", "transformers"))
+                 for _ in range(args.rounds)]
+    for training in trainings:
+        print("training step:", training, flush=True)
 
     hf.eval()
     ours.eval()
@@ -75,27 +78,34 @@ def main() -> None:
         return ours.generate(prompt, args.new_tokens, temperature=0)
 
     same = torch.equal(decode_hf(), decode_ours())
-    decoding = bench.compare(decode_ours, decode_hf, repeats=max(3, args.repeats // 2), warmup=1,
-                             device=device, names=("companion", "transformers"))
-    print("greedy decoding:", decoding, "| same tokens:", same, flush=True)
+    decodings = [bench.compare(decode_ours, decode_hf, repeats=max(3, args.repeats // 2), warmup=1,
+                               device=device, names=("companion", "transformers"))
+                 for _ in range(args.rounds)]
+    for decoding in decodings:
+        print("greedy decoding:", decoding, "| same tokens:", same, flush=True)
 
-    rows = [
-        [f"training step ({args.batch}x{args.seq} tokens)", round(training.a.median * 1e3, 1),
-         round(training.b.median * 1e3, 1), round(training.speedup, 2), 1.1],
-        [f"greedy decoding ({args.new_tokens} tokens, cache)", round(decoding.a.median * 1e3, 1),
-         round(decoding.b.median * 1e3, 1), round(decoding.speedup, 2), 1.5],
-    ]
+    def row(name, comparisons, goal):
+        middle = sorted(comparisons, key=lambda c: c.speedup)[len(comparisons) // 2]
+        low, high = min(c.speedup for c in comparisons), max(c.speedup for c in comparisons)
+        return [name, round(middle.a.median * 1e3, 1), round(middle.b.median * 1e3, 1),
+                round(middle.speedup, 2), f"{low:.2f}-{high:.2f}", goal]
+
+    rows = [row(f"training step ({args.batch}x{args.seq} tokens)", trainings, 1.1),
+            row(f"greedy decoding ({args.new_tokens} tokens, cache)", decodings, 1.5)]
+    training = sorted(trainings, key=lambda c: c.speedup)[len(trainings) // 2]
     flops = 3 * bench.decoder_flops(layers=4, width=256, heads=4, kv_heads=2, head_dim=64, ffn_hidden=688,
                                     vocab=4096, tokens=args.seq, context=args.seq, causal=True) * args.batch
     notes = [
-        f"device: {device.type}; medians of alternated calls (companion.bench.compare); "
-        f"greedy outputs identical: {same}",
+        f"device: {device.type}; each row is the median of {args.rounds} rounds, each round the median of "
+        f"alternated calls (companion.bench.compare); the range is over the rounds; greedy outputs "
+        f"identical: {same}",
         f"training step: about {bench.format_flops(flops)} (3x the forward FLOPs); companion reaches "
         f"{bench.format_flops(flops / training.a.median, 'FLOP/s')}",
     ]
     path = record("decoder_vs_transformers", title="Companion decoder against transformers' Llama",
-                  description=__doc__.split("\n\n")[1].replace("\n", " "),
-                  columns=["measurement", "companion ms", "transformers ms", "speedup", "goal"],
+                  description=" ".join(__doc__.split("\n\n")[1:4]).replace("\n", " "),
+                  columns=["measurement", "companion ms", "transformers ms", "speedup", "speedup range",
+                           "goal"],
                   rows=rows, notes=notes)
     print(f"wrote {path}")
 

@@ -153,6 +153,8 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
     - no causal, no window, no ALiBi: no mask;
     - causal alone with ``q_len == kv_len``: ``is_causal=True`` (SDPA aligns ``is_causal``
       top-left, which equals bottom-right only when the lengths are equal);
+    - a mask that allows every pair (one query, causal, sees every key: decoding against a cache;
+      or a window at least as long as the keys) is left out: no mask;
     - causal or window otherwise, without ALiBi: the boolean mask of :func:`attention_mask`;
     - ALiBi: a float mask, the bias with ``-inf`` where the boolean mask is False;
     - grouped or multi-query heads: ``enable_gqa=True`` (SDPA repeats kv head ``h // group``).
@@ -172,6 +174,10 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
                                   alibi_slopes=alibi_slopes)
         return out.to(out_dtype)
     enable_gqa = q.shape[1] != k.shape[1]
+    if causal and q_len == 1 and (window is None or window >= kv_len):
+        causal, window = False, None  # the single query is the last position: it sees every key
+    elif window is not None and window >= kv_len + max(0, q_len - kv_len) and causal:
+        window = None  # the window reaches back past the first key: plain causal
     masked = causal or window is not None
     if alibi_slopes is None and not masked:
         out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=enable_gqa)

@@ -217,6 +217,11 @@ class Decoder(nn.Module):
         with each layer's attention probabilities ``(batch, heads, seq, keys)``.
         """
         self._check_ids(ids)
+        return self._run(ids, cache, last_only, return_attention)
+
+    def _run(self, ids: torch.Tensor, cache: KVCache | None, last_only: bool,
+             return_attention: bool = False) -> torch.Tensor | DecoderOutput:
+        """The forward pass on ids already known to be valid."""
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         x = self.embed(ids)
@@ -232,7 +237,6 @@ class Decoder(nn.Module):
         logits = self.lm_head(x)
         return DecoderOutput(logits, maps) if return_attention else logits
 
-    @torch.no_grad()
     def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, *,
                  generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
@@ -252,21 +256,32 @@ class Decoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            cache = self.new_cache(ids.shape[0], ids.shape[1] + max_new_tokens) if use_cache else None
-            out = ids
-            logits = self(ids, cache=cache, last_only=True)[:, -1]
-            for step in range(max_new_tokens):
-                token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-                out = torch.cat([out, token[:, None]], dim=1)
-                if step + 1 == max_new_tokens:
-                    break
-                if use_cache:
-                    logits = self(token[:, None], cache=cache, last_only=True)[:, -1]
-                else:
-                    logits = self(out, last_only=True)[:, -1]
-            return out
+            with torch.inference_mode():  # like no_grad, with less bookkeeping per operation
+                out = self._generate(ids, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+            return out.clone()  # a normal tensor again, usable as input to a model being trained
         finally:
             self.train(was_training)
+
+    def _generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                  top_p: float | None, generator: torch.Generator | None, use_cache: bool) -> torch.Tensor:
+        """The generation loop (the output tensor is written in place, one column per step)."""
+        batch, prompt = ids.shape
+        cache = self.new_cache(batch, prompt + max_new_tokens) if use_cache else None
+        out = torch.empty(batch, prompt + max_new_tokens, dtype=ids.dtype, device=ids.device)
+        out[:, :prompt] = ids
+        logits = self._run(ids, cache, last_only=True)[:, -1]
+        for step in range(max_new_tokens):
+            end = prompt + step
+            out[:, end] = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                      generator=generator)
+            if step + 1 == max_new_tokens:
+                break
+            # sampled tokens are valid ids by construction: no need to check them again
+            if use_cache:
+                logits = self._run(out[:, end:end + 1], cache, last_only=True)[:, -1]
+            else:
+                logits = self._run(out[:, :end + 1], None, last_only=True)[:, -1]
+        return out
 
     def num_parameters(self, *, embeddings: bool = True) -> int:
         """Parameters, counting tied weights once (optionally without the token embedding table)."""

@@ -51,15 +51,13 @@ class Attention(nn.Module):
     def project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries ``(batch, n_heads, seq, head_dim)``, keys and values ``(batch, n_kv_heads, seq, head_dim)``."""
         batch, seq, _ = x.shape
-        sizes = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim)
-        q, k, v = self.qkv(x).split(sizes, dim=-1)
-        q = q.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.rope is not None:
-            cos, sin = self.rope(positions, dtype=q.dtype)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return q, k, v
+        heads = self.qkv(x).view(batch, seq, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+        qk, v = heads.split((self.n_heads + self.n_kv_heads, self.n_kv_heads), dim=2)
+        if self.rope is not None:  # queries and keys rotate by the same angles: one operation for both
+            cos, sin = self.rope(positions, dtype=qk.dtype)
+            qk = apply_rotary(qk, cos[:, None, :], sin[:, None, :])
+        q, k = qk.split((self.n_heads, self.n_kv_heads), dim=2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

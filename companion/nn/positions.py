@@ -39,7 +39,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``(batch, heads, seq, head_dim)`` by the angles whose ``cos``/``sin`` are ``(seq, head_dim)``."""
+    """Rotate ``x`` (``(..., seq, head_dim)``, or any layout that ``cos``/``sin`` broadcast against) by RoPE's angles."""
     return x * cos + rotate_half(x) * sin
 
 
@@ -61,6 +61,7 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"inv_freq must have shape ({head_dim // 2},), got {tuple(inv_freq.shape)}")
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._build(max_positions)
+        self._last: tuple | None = None  # (positions, dtype, cos, sin) of the last call
 
     def _build(self, length: int) -> None:
         positions = torch.arange(length, dtype=torch.int64, device=self.inv_freq.device).float()
@@ -70,11 +71,20 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin_cached", angles.sin() * self.attention_factor, persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos`` and ``sin`` for integer ``positions`` ``(seq,)``, each ``(seq, head_dim)``."""
+        """``cos`` and ``sin`` for integer ``positions`` ``(seq,)``, each ``(seq, head_dim)``.
+
+        Every layer of a model asks for the same positions in one forward pass; the answer for the
+        last ``positions`` tensor is kept, so it is computed once per pass.
+        """
+        last = self._last
+        if last is not None and last[0] is positions and last[1] == dtype:
+            return last[2], last[3]
         needed = int(positions.max()) + 1 if positions.numel() else 0
         if needed > self.cos_cached.shape[0]:
             self._build(max(needed, 2 * self.cos_cached.shape[0]))
-        return self.cos_cached[positions].to(dtype), self.sin_cached[positions].to(dtype)
+        cos, sin = self.cos_cached[positions].to(dtype), self.sin_cached[positions].to(dtype)
+        self._last = (positions, dtype, cos, sin)
+        return cos, sin
 
 
 class LearnedPositions(nn.Module):
