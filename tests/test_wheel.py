@@ -133,7 +133,9 @@ def test_wheel_installs_with_its_dependencies_in_a_fresh_environment(tmp_path):
     assert Path(report["companion"]).resolve().is_relative_to(venv.resolve()), report["companion"]
     assert Path(report["prefix"]).resolve() == venv.resolve()
     assert report["version"] == version
-    assert report["package_data"] == ["sequence_cost.css", "sequence_cost.js"]
+    # every widget's front end in the source tree must be installed beside its module
+    source = sorted(p.name for p in (ROOT / "companion" / "widgets").iterdir() if p.suffix in (".js", ".css"))
+    assert "sequence_cost.js" in source and report["package_data"] == source
 
     shown = run(str(python), "-m", "pip", "show", "--files", name, env=env, cwd=tmp_path).stdout
     assert f"Version: {version}" in shown
