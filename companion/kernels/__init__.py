@@ -1,9 +1,11 @@
 """Kernels: each operation's PyTorch reference and (on CUDA) its Triton kernel, behind one function.
 
 ``attention`` is scaled dot-product attention with causal / sliding-window masks, ALiBi and
-grouped-query heads; ``attention_mask`` is its boolean mask rule.
+grouped-query heads; ``attention_mask`` is its boolean mask rule. ``rotary`` applies rotary position
+embeddings (RoPE) to queries and keys in one pass.
 """
 
 from companion.kernels.attention import attention, attention_mask
+from companion.kernels.rotary import rotary
 
-__all__ = ["attention", "attention_mask"]
+__all__ = ["attention", "attention_mask", "rotary"]
