@@ -311,3 +311,307 @@ def check_mask_explorer(page: Page, root: Locator, state: dict) -> None:
     choose("bidirectional + padding", 0, "bidirectional + padding", side_value="left", padding=2)
     choose("bidirectional", 5, "bidirectional", length=6)
     choose("causal", min(3, state["length"] - 1), "causal", length=state["length"])
+
+
+# ------------------------------------------------------------------------ The RoPE dial (RopeDial)
+def js_string(x: float) -> str:
+    """``String(x)`` of JavaScript for a number as the widgets show one (``4`` not ``4.0``)."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e21 else repr(float(x))
+
+
+def rope_format_number(x: float) -> str:
+    """``formatNumber`` of companion/widgets/rope_dial.js: three significant figures below 1000,
+    whole numbers with commas from 1000."""
+    if x == 0:
+        return "0"
+    if x >= 1000 or float(js_to_precision(x, 3)) >= 1000:
+        return f"{math.floor(x + 0.5):,}"
+    return js_to_precision(x, 3)
+
+
+def rope_degrees(angle: float) -> str:
+    """``degrees(angle).toFixed(1)`` of rope_dial.js, with the degree sign: the angle mod 360."""
+    return js_to_fixed(((angle % (2 * math.pi)) * 180) / math.pi, 1) + "\u00b0"
+
+
+def rope_rows(position: int, head_dim: int, base: float, pairs: list[int], scaling: str, factor: float,
+              context: int) -> list[dict[str, str]]:
+    """What each row of the dial's table must show, from the Python twins in companion.widgets.rope_dial."""
+    from companion.widgets.rope_dial import rope_angles, rope_wavelengths, rotation_status, trained_angles
+
+    angles = rope_angles(position, head_dim, base, pairs, scaling, factor)
+    waves = rope_wavelengths(head_dim, base, pairs)
+    scaled = rope_wavelengths(head_dim, base, pairs, scaling, factor)
+    trained = trained_angles(head_dim, base, pairs, context)
+    return [{
+        "pair": str(i),
+        "wavelength": rope_format_number(w),
+        "scaled-wavelength": rope_format_number(s),
+        "slowdown": rope_format_number(s / w) + "\u00d7",
+        "degrees": rope_degrees(a),
+        "turns": rope_format_number(a / (2 * math.pi)),
+        "trained-turns": rope_format_number(t / (2 * math.pi)),
+        "status": rotation_status(a, t),
+    } for i, a, w, s, t in zip(pairs, angles, waves, scaled, trained)]
+
+
+@widget_check(".ab-rope")
+def check_rope_dial(page: Page, root: Locator, state: dict) -> None:
+    """The position slider and number box, the scaling menu and the factor slider: every row of the
+    table, every dial and the readout agree with ``rope_angles`` and the other Python twins; and
+    position interpolation by a factor f brings position f x (the trained context) back within every
+    pair's trained range."""
+    from companion.widgets.rope_dial import ntk_base, position_from_slider, rope_angles
+
+    head_dim, base, pairs, context = state["head_dim"], state["base"], state["pairs"], state["original_context"]
+    slider, number = root.locator(".ab-rope-position"), root.locator(".ab-rope-position-input")
+    scaling, factor_slider = root.locator(".ab-rope-scaling"), root.locator(".ab-rope-factor")
+    factor_value, readout = root.locator(".ab-rope-factor-value"), root.locator(".ab-rope-readout")
+    keys = list(rope_rows(0, head_dim, base, pairs[:1], "none", 1.0, 1)[0])
+
+    def shown() -> tuple[int, str, float]:
+        return int(number.input_value()), scaling.input_value(), float(factor_value.text_content())
+
+    def agrees_with_python(what: str) -> list[str]:
+        position, kind, factor = shown()
+        where = f"{what} (position {position}, {kind}, factor {factor:g})"
+        expected = rope_rows(position, head_dim, base, pairs, kind, factor, context)
+        rows = root.locator(".ab-rope-row").evaluate_all(
+            "(rows, keys) => rows.map(r => Object.fromEntries("
+            "keys.map(k => [k, r.querySelector('.ab-rope-' + k).textContent])))",
+            keys)
+        assert rows == expected, f"{where}: the table shows {rows}, Python gives {expected}"
+        angles = rope_angles(position, head_dim, base, pairs, kind, factor)
+        hands = root.locator(".ab-rope-hand").evaluate_all("hs => hs.map(h => Number(h.dataset.angle))")
+        assert len(hands) == len(pairs) and all(math.isclose(h, a, rel_tol=1e-12, abs_tol=1e-12)
+                                                for h, a in zip(hands, angles)), (
+            f"{where}: the dials' hands are at {hands} radians, Python gives {angles}")
+        captions = root.locator(".ab-rope-caption").evaluate_all("cs => cs.map(c => c.textContent)")
+        assert captions == [f"pair {r['pair']}: {r['degrees']}" for r in expected], f"{where}: dial captions {captions}"
+        dials = root.locator(".ab-rope-dial").evaluate_all(
+            "ds => ds.map(d => ['seen', 'beyond', 'unseen'].find(s => d.classList.contains('ab-rope-' + s)))")
+        statuses = [r["status"] for r in expected]
+        assert dials == statuses, f"{where}: the dials are marked {dials}, Python gives {statuses}"
+        counts = [readout.locator(c).text_content() for c in (".ab-rope-where", ".ab-rope-past", ".ab-rope-unseen-count")]
+        past, unseen = sum(s != "seen" for s in statuses), statuses.count("unseen")
+        assert counts == [f"{position:,}", str(past), str(unseen)], (
+            f"{where}: the readout says position, past, unseen = {counts}, Python gives {[position, past, unseen]}")
+        if kind == "ntk":
+            about = root.locator(".ab-rope-about").text_content()
+            assert rope_format_number(ntk_base(base, head_dim, factor)) in about, (
+                f"{where}: the NTK base {rope_format_number(ntk_base(base, head_dim, factor))} is not in {about!r}")
+        return statuses
+
+    def changed(before: str, what: str) -> None:
+        expect(root.locator(".ab-rope-table"), f"the table did not change {what}").not_to_have_text(before, timeout=5_000)
+
+    # As stored.
+    stored = (state["position"], state["scaling"], state["factor"])
+    assert shown() == stored, f"the widget shows position, scaling, factor = {shown()}; its stored state says {stored}"
+    agrees_with_python("as stored")
+
+    # The position slider (logarithmic), to about three times the trained context.
+    # (a step where 2^s - 1 has a fraction above one half: rounding, not truncating, must show)
+    start = round(math.log2(3 * context + 1), 2)
+    target = next((t for t in (round(start + k / 100, 2) for k in range(20)) if (2**t - 1) % 1 > 0.55), start)
+    before = root.locator(".ab-rope-table").text_content()
+    slider.fill(f"{target:.2f}")
+    expect(number, f"slider at {target:.2f}").to_have_value(str(position_from_slider(target)), timeout=5_000)
+    changed(before, "when the slider moved")
+    agrees_with_python("after moving the slider")
+
+    # Each scaling, at the factor shown.
+    for kind in ("interpolation", "ntk", "none"):
+        if scaling.input_value() != kind:
+            before = root.locator(".ab-rope-table").text_content()
+            scaling.select_option(kind)
+            changed(before, f"with scaling {kind}")
+        agrees_with_python(f"scaling {kind}")
+
+    # Another factor, under interpolation: at f x the trained context, every pair is back in range.
+    scaling.select_option("interpolation")
+    factor = 4.0 if shown()[2] != 4.0 else 8.0
+    factor_slider.fill(js_string(factor))
+    expect(factor_value, f"the factor did not move to {factor:g}").to_have_text(js_string(factor), timeout=5_000)
+    agrees_with_python(f"factor {factor:g}")
+    far = int(factor * context)
+    number.fill(str(far))
+    number.press("Enter")
+    expect(readout.locator(".ab-rope-where"), f"typing position {far}").to_have_text(f"{far:,}", timeout=5_000)
+    statuses = agrees_with_python(f"position {far}, interpolation by {factor:g}")
+    assert set(statuses) == {"seen"}, (
+        f"interpolation by {factor:g} must bring position {far} = {factor:g} x {context} within every pair's trained "
+        f"range; the pairs are {statuses}")
+    scaling.select_option("none")
+    agrees_with_python(f"position {far}, no scaling")
+
+    # A position past the slider's top, typed: the slider grows to reach it.
+    far = 20 * context + 3
+    number.fill(str(far))
+    number.press("Enter")
+    expect(readout.locator(".ab-rope-where"), f"typing position {far}").to_have_text(f"{far:,}", timeout=5_000)
+    top = float(slider.get_attribute("max"))
+    assert top >= math.log2(far + 1) - 0.005, f"the slider's top {top} does not reach position {far}"
+    agrees_with_python(f"position {far}")
+
+
+# ---------------------------------------------------------- The KV-cache calculator (KVCacheCalculator)
+def kv_cache_expected(layers: int, heads: int, kv_heads: int, head_dim: int, bytes_per_element: int, context: int,
+                      batch: int, parameters: int, counted: bool, gpus: list[dict]) -> dict:
+    """What the calculator must show, from the Python twins in companion.widgets.kv_cache."""
+    from companion.widgets.kv_cache import (GIB, MODELS, attention_kind, kv_bytes_per_token, kv_cache_bytes,
+                                            tokens_that_fit, weight_bytes)
+
+    b = bytes_per_element
+    cache = kv_cache_bytes(layers, kv_heads, head_dim, context, b, batch)
+    counted_parameters = parameters if counted else 0
+    weights = weight_bytes(counted_parameters)
+    kind = attention_kind(heads, kv_heads)
+    grouped = kind != "multi-head"
+    return {
+        "per-token": format_bytes(kv_bytes_per_token(layers, kv_heads, head_dim, b)),
+        "cache": format_bytes(cache),
+        "kind": kind,
+        "ratio": f"{heads // kv_heads}\u00d7" if grouped else None,
+        "mha": format_bytes(kv_cache_bytes(layers, heads, head_dim, context, b, batch)) if grouped else None,
+        "gpus": [[str(g["gib"]),
+                  js_to_fixed((100 * float(weights + cache)) / float(g["gib"] * GIB), 0) + "%",
+                  f"{tokens_that_fit(g['gib'], layers, kv_heads, head_dim, b, batch, counted_parameters):,}"]
+                 for g in gpus],
+        "models": [[m["name"],
+                    format_bytes(kv_bytes_per_token(m["layers"], m["kv_heads"], m["head_dim"], b)),
+                    format_bytes(kv_cache_bytes(m["layers"], m["kv_heads"], m["head_dim"], context, b, batch)),
+                    format_bytes(weight_bytes(m["parameters"]))] for m in MODELS],
+    }
+
+
+@widget_check(".ab-kv")
+def check_kv_cache(page: Page, root: Locator, state: dict) -> None:
+    """The model menu, the numbers, the data type, the context slider and box, the batch and the
+    weights box (and a click on a model's row): the readout, the GPU table and the models' table
+    agree with ``kv_cache_bytes``, ``tokens_that_fit`` and the other Python twins; a number that
+    breaks the heads' grouping is refused with a warning."""
+    from companion.widgets.kv_cache import CUSTOM, MODELS, model_config
+
+    controls = {name: root.locator(f".ab-kv-{name}") for name in
+                ("model", "dtype", "batch", "layers", "heads", "kv-heads", "head-dim", "context-input")}
+    slider, weights_box = root.locator(".ab-kv-context"), root.locator(".ab-kv-count-weights")
+    readout, warning = root.locator(".ab-kv-readout"), root.locator(".ab-kv-warning")
+    parameters = state["parameters"]  # what the reader's edits make of it, as the widget's docstring says
+
+    def shown() -> dict:
+        values = {name: c.input_value() for name, c in controls.items()}
+        return {"model": values.pop("model"), **{k: int(v) for k, v in values.items()},
+                "count": weights_box.is_checked()}
+
+    def agrees_with_python(what: str) -> None:
+        s = shown()
+        where = f"{what} ({s})"
+        expected_parameters = model_config(s["model"])["parameters"] if s["model"] != CUSTOM else parameters
+        assert weights_box.is_disabled() == (expected_parameters == 0), (
+            f"{where}: the weights box is {'dis' if weights_box.is_disabled() else 'en'}abled with "
+            f"{expected_parameters} parameters")
+        expected = kv_cache_expected(s["layers"], s["heads"], s["kv-heads"], s["head-dim"], s["dtype"],
+                                     s["context-input"], s["batch"], expected_parameters, s["count"], state["gpus"])
+        def optional(cls: str) -> str | None:
+            return readout.locator(cls).text_content() if readout.locator(cls).count() else None
+
+        page_values = {
+            "per-token": readout.locator(".ab-kv-val-per-token").text_content(),
+            "cache": readout.locator(".ab-kv-val-cache").text_content(),
+            "kind": readout.locator(".ab-kv-val-kind").get_attribute("data-kind"),
+            "ratio": optional(".ab-kv-val-ratio"),
+            "mha": optional(".ab-kv-val-mha"),
+            "gpus": root.locator(".ab-kv-gpu").evaluate_all(
+                "rs => rs.map(r => [r.dataset.gib, r.querySelector('.ab-kv-used').textContent,"
+                " r.querySelector('.ab-kv-tokens').textContent])"),
+            "models": root.locator(".ab-kv-model-row").evaluate_all(
+                "rs => rs.map(r => ['name', 'per-token', 'cache', 'weights']"
+                ".map(k => r.querySelector('.ab-kv-model-' + k).textContent))"),
+        }
+        for key, value in expected.items():
+            assert page_values[key] == value, (
+                f"{where}: {key}: the page shows {page_values[key]!r}, Python gives {value!r}")
+        if expected_parameters:
+            weights = readout.locator(".ab-kv-val-weights").text_content()
+            assert weights == format_bytes(2 * expected_parameters), f"{where}: the weights shown are {weights}"
+        chosen = root.locator(".ab-kv-model-row.ab-kv-chosen").evaluate_all("rs => rs.map(r => r.dataset.model)")
+        assert chosen == ([] if s["model"] == CUSTOM else [s["model"]]), f"{where}: rows marked as chosen: {chosen}"
+
+    def changed(before: str, what: str) -> None:
+        expect(root.locator(".ab-kv-gpus"), f"the GPU table did not change {what}").not_to_have_text(before, timeout=5_000)
+
+    def type_number(name: str, value: int) -> None:
+        controls[name].fill(str(value))
+        controls[name].press("Enter")
+
+    # As stored.
+    s = shown()
+    stored = {"model": state["model"], "dtype": state["bytes_per_element"], "batch": state["batch"],
+              "layers": state["layers"], "heads": state["heads"], "kv-heads": state["kv_heads"],
+              "head-dim": state["head_dim"], "context-input": state["context"],
+              "count": state["count_weights"] and state["parameters"] > 0}
+    assert s == stored, f"the widget shows {s}; its stored state says {stored}"
+    agrees_with_python("as stored")
+
+    # The context slider (powers of two).
+    low, high = int(float(slider.get_attribute("min"))), int(float(slider.get_attribute("max")))
+    target = next(e for e in (17, 15, 12, low, high) if low <= e <= high and 2**e != s["context-input"])
+    before = root.locator(".ab-kv-gpus").text_content()
+    slider.fill(str(target))
+    expect(controls["context-input"], f"slider at {target}").to_have_value(str(2**target), timeout=5_000)
+    changed(before, "when the context slider moved")
+    agrees_with_python("after moving the context slider")
+
+    # Each data type.
+    for b in ("4", "1", "2"):
+        if controls["dtype"].input_value() != b:
+            controls["dtype"].select_option(b)
+            expect(controls["dtype"]).to_have_value(b)
+        agrees_with_python(f"{b}-byte cache")
+
+    # Each published model from the menu; its numbers fill the boxes.
+    for m in MODELS:
+        if controls["model"].input_value() != m["name"]:
+            controls["model"].select_option(m["name"])
+            expect(controls["layers"], f"choosing {m['name']}").to_have_value(str(m["layers"]), timeout=5_000)
+        s = shown()
+        assert (s["layers"], s["heads"], s["kv-heads"], s["head-dim"]) == (m["layers"], m["heads"], m["kv_heads"],
+                                                                            m["head_dim"]), f"{m['name']}: shows {s}"
+        agrees_with_python(f"model {m['name']}")
+
+    # The weights box, then the batch.
+    if not weights_box.is_disabled():
+        before = root.locator(".ab-kv-gpus").text_content()
+        weights_box.click()
+        changed(before, "when the weights box was clicked")
+        agrees_with_python("weights box clicked")
+        weights_box.click()
+    type_number("batch", 4)
+    expect(controls["batch"]).to_have_value("4")
+    agrees_with_python("batch 4")
+    type_number("batch", 1)
+
+    # Multi-head attention: kv heads = heads makes the model custom (and its parameters unknown).
+    heads = shown()["heads"]
+    type_number("kv-heads", heads)
+    expect(controls["model"], "editing the KV heads did not make the model custom").to_have_value(CUSTOM, timeout=5_000)
+    parameters = 0
+    agrees_with_python("kv heads = heads")
+    assert readout.locator(".ab-kv-val-kind").get_attribute("data-kind") == "multi-head"
+
+    # A number that breaks the grouping is refused, with a warning.
+    bad = next((k for k in range(2, heads) if heads % k), heads + 1)
+    type_number("kv-heads", bad)
+    expect(warning, f"{bad} KV heads for {heads} heads were not refused").to_be_visible(timeout=5_000)
+    expect(controls["kv-heads"]).to_have_value(str(heads))
+    agrees_with_python("after a refused number")
+    type_number("kv-heads", 1)
+    expect(warning).to_be_hidden()
+    agrees_with_python("multi-query")
+
+    # A click on a model's row chooses it.
+    name = MODELS[-1]["name"]
+    root.locator(f'.ab-kv-model-row[data-model="{name}"]').click()
+    expect(controls["model"], f"clicking the row of {name}").to_have_value(name, timeout=5_000)
+    agrees_with_python(f"clicked {name}")

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.data import order_task, recall_task
+from companion.data import order_task, passkey_task, recall_task
 
 A, B = 0, 1
 
@@ -119,3 +119,58 @@ def test_recall_task_rejects_bad_arguments(kwargs, name):
     kwargs.setdefault("n", 4)
     with pytest.raises(ValueError, match=name):
         recall_task(**kwargs)
+
+
+# ------------------------------------------------------------------------------------ passkey_task
+@given(n=st.integers(1, 20), length=st.integers(3, 40), keys=st.integers(1, 12), seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_passkey_task_hides_one_marker_and_key_and_asks_at_the_end(n, length, keys, seed):
+    vocab = 7
+    filler = torch.randint(0, vocab, (length + 5,), generator=seeded(seed))
+    original = filler.clone()
+    inputs, labels = passkey_task(n, length=length, filler=filler, vocab_size=vocab, keys=keys, generator=seeded(seed))
+    assert inputs.shape == (n, length) and labels.shape == (n,)
+    assert inputs.dtype == labels.dtype == torch.long
+    assert torch.equal(filler, original)  # the filler stream is not written into
+    assert ((labels >= vocab + 2) & (labels < vocab + 2 + keys)).all()
+    assert (inputs[:, -1] == vocab + 1).all()
+    assert ((inputs == vocab + 1).sum(1) == 1).all()  # one question, at the end
+    assert ((inputs == vocab).sum(1) == 1).all()      # one marker ...
+    assert ((inputs >= vocab + 2).sum(1) == 1).all()  # ... and one key
+    marker = (inputs == vocab).float().argmax(1)
+    rows = torch.arange(n)
+    assert (marker <= length - 3).all()
+    assert torch.equal(inputs[rows, marker + 1], labels)  # the key follows the marker
+    # every other token is the filler window it was cut from: find the window start for each row
+    for row in range(n):
+        rest = [i for i in range(length - 1) if i not in (int(marker[row]), int(marker[row]) + 1)]
+        starts = [s for s in range(filler.numel() - length + 1)
+                  if all(int(inputs[row, i]) == int(filler[s + i]) for i in rest)]
+        assert starts, "filler tokens do not come from one window of the filler"
+
+
+def test_passkey_task_draws_every_key_and_every_place():
+    filler = torch.arange(100) % 5
+    inputs, labels = passkey_task(3000, length=12, filler=filler, vocab_size=5, keys=4, generator=seeded(1))
+    assert sorted(labels.unique().tolist()) == [7, 8, 9, 10]
+    places = (inputs == 5).float().argmax(1)
+    assert sorted(places.unique().tolist()) == list(range(10))
+    again, _ = passkey_task(3000, length=12, filler=filler, vocab_size=5, keys=4, generator=seeded(1))
+    assert torch.equal(inputs, again)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(length=2), "length >= 3"),
+    (dict(length=0), "length must be a positive int"),
+    (dict(keys=0), "keys must be a positive int"),
+    (dict(filler=[1, 2, 3, 4]), "1-D torch.long tensor"),
+    (dict(filler=torch.ones(2, 10, dtype=torch.long)), "1-D torch.long tensor"),
+    (dict(filler=torch.ones(20)), "1-D torch.long tensor"),
+    (dict(filler=torch.ones(5, dtype=torch.long)), "at least length=8"),
+    (dict(filler=torch.full((20,), 9)), r"\[0, vocab_size=9\)"),
+    (dict(filler=torch.full((20,), -1)), r"\[0, vocab_size=9\)"),
+])
+def test_passkey_task_rejects_bad_input(kwargs, message):
+    arguments = dict(length=8, filler=torch.zeros(20, dtype=torch.long), vocab_size=9) | kwargs
+    with pytest.raises(ValueError, match=message):
+        passkey_task(4, **arguments)

@@ -1,7 +1,8 @@
 """companion.widgets: for each widget, the Python twin, the widget's state, and the JavaScript's rules.
 
-SequenceCost (chapter 1), AttentionExplorer (chapter 2) and MaskExplorer (chapter 3). The JavaScript
-is run in Node (skipped without it) and compared with the Python twin that the site checks use.
+SequenceCost (chapter 1), AttentionExplorer (chapter 2), MaskExplorer (chapter 3), RopeDial and
+KVCacheCalculator (chapter 4). The JavaScript is run in Node (skipped without it) and compared with
+the Python twin that the site checks use.
 """
 
 import json
@@ -661,3 +662,480 @@ def test_javascript_kinds_and_descriptions_equal_python(node):
     assert js[1] == mask_module.KIND_DESCRIPTIONS
     with pytest.raises(AssertionError):  # an unknown kind is an error in JavaScript too
         run_js(node, MASK_JS, 'console.log(JSON.stringify(maskMatrix("full", 3, 1, 0, 0, "left")));')
+
+
+# ========================================================================== RopeDial (chapter 4)
+
+from companion.nn.rope_scaling import RopeScaling  # noqa: E402
+from companion.nn.rope_scaling import rope_frequencies as scaled_inverse_frequencies  # noqa: E402
+from companion.widgets import RopeDial, rope_angles  # noqa: E402
+from companion.widgets import rope_dial as rope_module  # noqa: E402
+
+ROPE_JS = Path(rope_module.__file__).with_name("rope_dial.js")
+ROPE_CSS = Path(rope_module.__file__).with_name("rope_dial.css")
+ROPE_TRAITS = ("head_dim", "base", "position", "factor", "scaling", "pairs", "original_context")
+
+
+def rope_theta_by_hand(head_dim: int, base: float, i: int, scaling: str, factor: float) -> float:
+    """The module docstring's theta'_i, written out again."""
+    if scaling == "ntk":
+        base = base * factor ** (head_dim / (head_dim - 2))
+    theta = 1.0 / base ** (2 * i / head_dim)
+    return theta / factor if scaling == "interpolation" else theta
+
+
+def test_rope_scalings_are_documented():
+    assert rope_module.SCALINGS == ("none", "interpolation", "ntk")
+    for scaling in rope_module.SCALINGS:
+        assert f'``"{scaling}"``' in rope_module.__doc__
+        assert scaling in rope_module.SCALING_NAMES
+
+
+@pytest.mark.parametrize("scaling", rope_module.SCALINGS)
+@pytest.mark.parametrize("head_dim, base", [(4, 10.0), (64, 10000.0), (128, 500000.0)])
+def test_rope_frequencies_are_the_formulas(scaling, head_dim, base):
+    pairs = list(range(head_dim // 2))
+    for factor in (1.0, 1.5, 4.0, 16.0):
+        got = rope_module.rope_frequencies(head_dim, base, pairs, scaling, factor)
+        assert got == pytest.approx([rope_theta_by_hand(head_dim, base, i, scaling, factor) for i in pairs], rel=1e-12)
+        assert rope_module.rope_wavelengths(head_dim, base, pairs, scaling, factor) == pytest.approx(
+            [2 * np.pi / t for t in got], rel=1e-15)
+
+
+def test_rope_scalings_slow_the_pairs_as_documented():
+    head_dim, base, factor = 64, 10000.0, 4.0
+    pairs = list(range(32))
+    none = rope_module.rope_frequencies(head_dim, base, pairs)
+    interp = rope_module.rope_frequencies(head_dim, base, pairs, "interpolation", factor)
+    ntk = rope_module.rope_frequencies(head_dim, base, pairs, "ntk", factor)
+    assert none[0] == 1.0 and ntk[0] == 1.0  # pair 0: one radian per token, untouched by NTK
+    assert [n / i for n, i in zip(none, interp)] == pytest.approx([factor] * 32, rel=1e-14)
+    slowdown = [n / t for n, t in zip(none, ntk)]
+    assert slowdown[-1] == pytest.approx(factor, rel=1e-12)  # the slowest pair: exactly the factor
+    assert all(a < b for a, b in zip(slowdown, slowdown[1:]))  # the slower the pair, the more it is slowed
+    assert rope_module.ntk_base(base, head_dim, factor) == pytest.approx(base * factor ** (64 / 62), rel=1e-15)
+
+
+@pytest.mark.parametrize("head_dim, base", [(8, 10000.0), (64, 10000.0), (128, 500000.0)])
+@pytest.mark.parametrize("factor", [1.0, 1.5, 2.0, 4.0, 8.0, 16.0])
+def test_rope_frequencies_match_the_companions_scalings(head_dim, base, factor):
+    # interpolation is rope_scaling's "linear"; NTK-aware is its "dynamic" with factor 1 at factor x L
+    pairs = list(range(head_dim // 2))
+    L = 1024
+    cases = {
+        "none": RopeScaling(),
+        "interpolation": RopeScaling("linear", factor=factor),
+        "ntk": RopeScaling("dynamic", factor=1.0, original_max_positions=L),
+    }
+    for scaling, config in cases.items():
+        expected, attention_factor = scaled_inverse_frequencies(head_dim, base, config, seq_len=int(factor * L))
+        assert attention_factor == 1.0
+        got = rope_module.rope_frequencies(head_dim, base, pairs, scaling, factor)
+        np.testing.assert_allclose(got, expected.double().numpy(), rtol=2e-7, err_msg=scaling)  # float32 there
+
+
+def test_rope_angles_and_what_interpolation_restores():
+    head_dim, base, pairs, L = 64, 10000.0, [0, 5, 17, 31], 2048
+    for position in (0, 1, 100, 7777):
+        for scaling in ("none", "ntk"):
+            thetas = rope_module.rope_frequencies(head_dim, base, pairs, scaling, 3.0)
+            assert rope_angles(position, head_dim, base, pairs, scaling, 3.0) == [position * t for t in thetas]
+        # interpolation reads position p as p / factor
+        if position % 2 == 0:
+            assert rope_angles(position, head_dim, base, pairs, "interpolation", 2.0) == \
+                rope_angles(position // 2, head_dim, base, pairs)
+    trained = rope_module.trained_angles(head_dim, base, pairs, L)
+    for factor in (2.0, 4.0, 8.0):
+        at_end = rope_angles(int(factor * L), head_dim, base, pairs, "interpolation", factor)
+        assert at_end == trained  # factor x L positions land exactly on the trained range
+        widget = RopeDial(position=int(factor * L), factor=factor, scaling="interpolation", pairs=pairs)
+        assert widget.statuses() == ["seen"] * len(pairs)
+        widget.scaling = "none"
+        assert "seen" not in widget.statuses()
+    assert rope_angles(0, head_dim, base, pairs) == [0.0] * 4
+
+
+def test_rotation_status():
+    status = rope_module.rotation_status
+    assert status(1.0, 1.0) == "seen" and status(0.5, 1.0) == "seen"
+    assert status(1.5, 1.0) == "unseen"  # points past the arc swept in training
+    assert status(2 * np.pi + 0.5, 1.0) == "beyond"  # came round again into the arc
+    assert status(100.0, 50.0) == "beyond"  # a pair that turned whole circles in training
+    assert status(2 * np.pi - 0.1, 2.0) == "unseen"
+
+
+def test_position_from_slider():
+    f = rope_module.position_from_slider
+    assert [f(0), f(1), f(10), f(11)] == [0, 1, 1023, 2047]
+    assert f(np.log2(1001.6)) == 1001 and f(np.log2(1001.4)) == 1000  # rounded to the nearest
+
+
+def test_rope_functions_reject_bad_arguments():
+    f = rope_module.rope_frequencies
+    with pytest.raises(ValueError, match="head_dim must be even"):
+        f(63, 10000.0, [0])
+    with pytest.raises(ValueError, match="head_dim must be an int >= 4"):
+        f(2, 10000.0, [0])
+    with pytest.raises(TypeError, match="head_dim must be an int"):
+        f(64.0, 10000.0, [0])
+    with pytest.raises(ValueError, match="base must be a finite number > 1"):
+        f(64, 1.0, [0])
+    with pytest.raises(TypeError, match="base must be a number"):
+        f(64, "10000", [0])
+    with pytest.raises(ValueError, match="pairs must be in 0..31"):
+        f(64, 10000.0, [32])
+    with pytest.raises(ValueError, match="pairs must be distinct"):
+        f(64, 10000.0, [1, 1])
+    with pytest.raises(TypeError, match="pairs must be a list"):
+        f(64, 10000.0, "01")
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        f(64, 10000.0, [0], "yarn")
+    with pytest.raises(ValueError, match="factor must be in 1..16"):
+        f(64, 10000.0, [0], "ntk", 0.5)
+    with pytest.raises(TypeError, match="factor must be a number"):
+        f(64, 10000.0, [0], "ntk", True)
+    with pytest.raises(ValueError, match="position must be an int >= 0"):
+        rope_angles(-1, 64, 10000.0, [0])
+    with pytest.raises(TypeError, match="position must be an int"):
+        rope_angles(1.5, 64, 10000.0, [0])
+    with pytest.raises(ValueError, match="original_context must be an int >= 1"):
+        rope_module.trained_angles(64, 10000.0, [0], 0)
+    assert len(f(64, 10000.0, range(32))) == 32  # the functions take every pair; the widget's dials are few
+
+
+def test_rope_dial_defaults_repr_and_state():
+    widget = RopeDial()
+    text = repr(widget)
+    assert not re.search(r"0x[0-9a-fA-F]+", text)
+    assert text == ("RopeDial(head_dim=64, base=10000, position=100, factor=4, scaling='none', pairs=(0, 8, 16, 31), "
+                    "original_context=2048)")
+    widget.position, widget.scaling, widget.factor = 5000, "ntk", 2.5
+    assert repr(widget) == ("RopeDial(head_dim=64, base=10000, position=5000, factor=2.5, scaling='ntk', "
+                            "pairs=(0, 8, 16, 31), original_context=2048)")
+    assert widget.angles() == rope_angles(5000, 64, 10000.0, [0, 8, 16, 31], "ntk", 2.5)
+    assert widget.angles("none") == rope_angles(5000, 64, 10000.0, [0, 8, 16, 31])
+    state = widget.get_state()
+    for name in ROPE_TRAITS:
+        assert name in state
+    assert state["pairs"] == [0, 8, 16, 31] and state["scaling"] == "ntk"
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"head_dim": 63}, ValueError, "head_dim must be even"), ({"head_dim": 64.0}, TypeError, "head_dim"),
+    ({"base": 0.5}, ValueError, "base"), ({"position": -1}, ValueError, "position"),
+    ({"position": 2.0}, TypeError, "position"), ({"factor": 17}, ValueError, "factor"),
+    ({"scaling": "linear"}, ValueError, "scaling must be one of"), ({"pairs": [0, 32]}, ValueError, "pairs"),
+    ({"pairs": list(range(9))}, ValueError, "1 to 8"), ({"pairs": []}, ValueError, "pairs"),
+    ({"original_context": 0}, ValueError, "original_context"),
+])
+def test_rope_dial_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RopeDial(**kwargs)
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("head_dim", 30), ("head_dim", 63), ("base", 1.0), ("position", -3), ("factor", 0.9), ("scaling", "yarn"),
+    ("pairs", [40]), ("pairs", []), ("original_context", 0),
+])
+def test_rope_dial_rejects_bad_traits(name, bad):
+    widget = RopeDial()
+    before = getattr(widget, name)
+    with pytest.raises(traitlets.TraitError, match=name if name != "head_dim" else "head_dim"):
+        setattr(widget, name, bad)
+    assert getattr(widget, name) == before
+    with widget.hold_trait_notifications():  # a smaller head together with pairs that fit it
+        widget.head_dim, widget.pairs = 16, [0, 7]
+    assert (widget.head_dim, widget.pairs) == (16, [0, 7])
+
+
+def test_rope_dial_ships_its_javascript_and_css():
+    widget = RopeDial()
+    assert str(widget._esm) == ROPE_JS.read_text() and str(widget._css) == ROPE_CSS.read_text()
+    esm = ROPE_JS.read_text()
+    assert re.search(r"^function render\(", esm, re.M)
+    assert re.search(r"^export default \{[^}]*\brender\b", esm, re.M)
+    assert not re.search(r"^\s*import\b|https?://(?!www\.w3\.org/2000/svg)", esm, re.M)
+    css = ROPE_CSS.read_text()
+    for cls in ("ab-rope", "ab-rope-dial", "ab-rope-hand", "ab-rope-arc", "ab-rope-table", "ab-rope-chart"):
+        assert f".{cls} " in css or f".{cls}," in css or f".{cls}." in css, cls
+    assert f'max: "{rope_module.MAX_FACTOR:g}"' in esm  # the factor slider stops where Python does
+    assert f"{rope_module.SLIDER_CONTEXTS} * s.context" in esm  # the position slider's reach
+    used = synced_names_used(esm)
+    assert set(ROPE_TRAITS) <= used
+    assert used <= set(RopeDial.class_traits(sync=True)), used - set(RopeDial.class_traits(sync=True))
+
+
+ROPE_CASES = [(position, head_dim, base, pairs, scaling, factor)
+              for position in (0, 1, 100, 4097, 65536)
+              for head_dim, base, pairs in ((64, 10000.0, [0, 8, 16, 31]), (128, 500000.0, [0, 1, 63]), (4, 10.0, [1]))
+              for scaling in rope_module.SCALINGS
+              for factor in (1.0, 2.5, 4.0, 16.0)]
+
+
+def test_javascript_rope_numbers_equal_python(node):
+    js = run_js(node, ROPE_JS, f"const cases = {json.dumps(ROPE_CASES)};\n"
+                "console.log(JSON.stringify(cases.map(([p, d, b, pairs, s, f]) => [ropeFrequencies(d, b, pairs, s, f),"
+                " ropeAngles(p, d, b, pairs, s, f), ropeWavelengths(d, b, pairs, s, f), trainedAngles(d, b, pairs, 2048),"
+                " ntkBase(b, d, f)])));")
+    assert len(js) == len(ROPE_CASES)
+    for (position, head_dim, base, pairs, scaling, factor), (thetas, angles, waves, trained, ntk) in zip(ROPE_CASES, js):
+        case = (position, head_dim, base, pairs, scaling, factor)
+        # the same operations in the same order; only pow may differ in the last bit between V8 and libm
+        assert thetas == pytest.approx(rope_module.rope_frequencies(head_dim, base, pairs, scaling, factor), rel=1e-14), case
+        assert angles == pytest.approx(rope_angles(position, head_dim, base, pairs, scaling, factor), rel=1e-14,
+                                       abs=1e-300), case
+        assert waves == pytest.approx(rope_module.rope_wavelengths(head_dim, base, pairs, scaling, factor), rel=1e-14), case
+        assert trained == pytest.approx(rope_module.trained_angles(head_dim, base, pairs, 2048), rel=1e-14), case
+        assert ntk == pytest.approx(rope_module.ntk_base(base, head_dim, factor), rel=1e-14), case
+
+
+def test_javascript_rope_rules_equal_python(node):
+    statuses = [(a, t) for a in (0.0, 0.5, 1.0, 1.5, 6.0, 6.5, 7.0, 100.0) for t in (0.5, 1.0, 6.0, 50.0)]
+    sliders = [0, 0.01, 1, 3.3, 9.99, 10, 14.17, 17.6]
+    js = run_js(node, ROPE_JS, f"console.log(JSON.stringify([{json.dumps(statuses)}.map(([a, t]) => rotationStatus(a, t)),"
+                f" {json.dumps(sliders)}.map(positionFromSlider), SCALINGS, SCALING_NAMES]));")
+    assert js[0] == [rope_module.rotation_status(a, t) for a, t in statuses]
+    assert js[1] == [rope_module.position_from_slider(v) for v in sliders]
+    assert tuple(js[2]) == rope_module.SCALINGS and js[3] == rope_module.SCALING_NAMES
+    with pytest.raises(AssertionError):  # an unknown scaling is an error in JavaScript too
+        run_js(node, ROPE_JS, 'console.log(JSON.stringify(ropeFrequencies(64, 10000, [0], "yarn", 2)));')
+
+
+def test_javascript_rope_formatting_equals_the_site_checks(node):
+    site_helpers = pytest.importorskip("site_helpers")
+    values = [0.0, 1e-7, 0.000123456, 0.0435, 1.0, 6.283185307179586, 9.995, 99.95, 999.4, 999.5, 999.96, 1000.0,
+              47117.3, 188469.5, 2559196.2, 123456789.0]
+    angles = [0.0, 0.1, 3.14159, 6.2831, 796.2, 16384.0, 1e6]
+    js = run_js(node, ROPE_JS, f"console.log(JSON.stringify([{json.dumps(values)}.map(formatNumber),"
+                f" {json.dumps(angles)}.map((a) => degrees(a).toFixed(1))]));")
+    assert js[0] == [site_helpers.rope_format_number(v) for v in values]
+    assert [d + "\u00b0" for d in js[1]] == [site_helpers.rope_degrees(a) for a in angles]
+
+
+# ================================================================= KVCacheCalculator (chapter 4)
+
+from companion.widgets import KVCacheCalculator, kv_bytes_per_token, kv_cache_bytes, tokens_that_fit  # noqa: E402
+from companion.widgets import kv_cache as kv_module  # noqa: E402
+
+KV_JS = Path(kv_module.__file__).with_name("kv_cache.js")
+KV_CSS = Path(kv_module.__file__).with_name("kv_cache.css")
+KV_TRAITS = ("model", "layers", "heads", "kv_heads", "head_dim", "parameters", "bytes_per_element", "context", "batch",
+             "count_weights", "models", "gpus")
+
+# The rest of each published config.json (hidden_size, intermediate_size, vocab_size, whether q/k/v
+# have biases; none ties its embeddings), from which the parameter counts in MODELS follow.
+FULL_CONFIGS = {
+    "Llama-2-7B": {"hidden": 4096, "intermediate": 11008, "vocab": 32000, "qkv_bias": False},
+    "Llama-3-8B": {"hidden": 4096, "intermediate": 14336, "vocab": 128256, "qkv_bias": False},
+    "Llama-3-70B": {"hidden": 8192, "intermediate": 28672, "vocab": 128256, "qkv_bias": False},
+    "Mistral-7B-v0.3": {"hidden": 4096, "intermediate": 14336, "vocab": 32768, "qkv_bias": False},
+    "Qwen2.5-7B": {"hidden": 3584, "intermediate": 18944, "vocab": 152064, "qkv_bias": True},
+}
+
+
+def llama_style_parameters(layers, heads, kv_heads, head_dim, hidden, intermediate, vocab, qkv_bias):
+    """Embedding and untied output (vocab x hidden each); per layer q, k, v, o projections (q/k/v
+    biases for Qwen), a gated MLP (3 x hidden x intermediate) and two RMSNorms; a final RMSNorm."""
+    q, kv = heads * head_dim, kv_heads * head_dim
+    attention = hidden * q + 2 * hidden * kv + q * hidden + ((q + 2 * kv) if qkv_bias else 0)
+    per_layer = attention + 3 * hidden * intermediate + 2 * hidden
+    return 2 * vocab * hidden + layers * per_layer + hidden
+
+
+def test_models_are_the_published_configurations():
+    names = [m["name"] for m in kv_module.MODELS]
+    assert names == list(FULL_CONFIGS)
+    for m in kv_module.MODELS:
+        full = FULL_CONFIGS[m["name"]]
+        assert m["head_dim"] * m["heads"] == full["hidden"], m["name"]
+        assert m["heads"] % m["kv_heads"] == 0, m["name"]
+        assert m["parameters"] == llama_style_parameters(m["layers"], m["heads"], m["kv_heads"], m["head_dim"],
+                                                         **full), m["name"]
+        for key in ("layers", "heads", "kv_heads", "head_dim", "context", "parameters"):
+            assert f"{m[key]:,}" in kv_module.__doc__ or str(m[key]) in kv_module.__doc__, (m["name"], key)
+    by_name = {m["name"]: m for m in kv_module.MODELS}
+    assert [by_name[n][k] for n in ("Llama-2-7B", "Llama-3-8B", "Llama-3-70B", "Mistral-7B-v0.3", "Qwen2.5-7B")
+            for k in ("layers", "heads", "kv_heads", "head_dim")] == [
+        32, 32, 32, 128, 32, 32, 8, 128, 80, 64, 8, 128, 32, 32, 8, 128, 28, 28, 4, 128]
+
+
+@settings(max_examples=200, deadline=None)
+@given(layers=st.integers(1, 128), kv_heads=st.integers(1, 128), head_dim=st.integers(1, 512),
+       context=st.integers(1, 2**22), batch=st.integers(1, 64), b=st.sampled_from([1, 2, 4]))
+def test_kv_cache_bytes_is_the_formula(layers, kv_heads, head_dim, context, batch, b):
+    keys = values = layers * batch * kv_heads * context * head_dim * b  # (batch, kv_heads, context, head_dim) per layer
+    assert kv_cache_bytes(layers, kv_heads, head_dim, context, b, batch) == keys + values
+    assert kv_bytes_per_token(layers, kv_heads, head_dim, b) * context * batch == keys + values
+
+
+def test_kv_cache_of_real_models():
+    assert kv_bytes_per_token(32, 32, 128) == 512 * 1024  # Llama-2-7B: half a MiB per token in bf16
+    assert kv_cache_bytes(32, 8, 128, 8192) == 2**30  # Llama-3-8B at its 8k context: exactly 1 GiB
+    assert kv_bytes_per_token(80, 8, 128) == 320 * 1024  # Llama-3-70B
+    assert kv_cache_bytes(28, 4, 128, 32768, 2, 1) == 1792 * 2**20  # Qwen2.5-7B at 32k
+    assert kv_module.attention_kind(32, 32) == "multi-head"
+    assert kv_module.attention_kind(32, 8) == "grouped-query"
+    assert kv_module.attention_kind(32, 1) == "multi-query"
+    assert kv_module.weight_bytes(7) == 14
+
+
+@pytest.mark.parametrize("memory, layers, kv_heads, head_dim, b, batch, parameters", [
+    (16, 32, 8, 128, 2, 1, 8_030_261_248), (80, 80, 8, 128, 2, 1, 70_553_706_496), (24, 32, 32, 128, 2, 4, 0),
+    (40, 28, 4, 128, 1, 3, 7_615_616_512), (1, 1, 1, 1, 4, 1, 0), (16, 7, 3, 100, 4, 5, 123_456_789),
+])
+def test_tokens_that_fit_is_the_longest_that_fits(memory, layers, kv_heads, head_dim, b, batch, parameters):
+    n = tokens_that_fit(memory, layers, kv_heads, head_dim, b, batch, parameters)
+    weights = 2 * parameters
+    if weights > memory * 2**30:
+        assert n == 0
+        return
+    assert weights + kv_cache_bytes(layers, kv_heads, head_dim, max(n, 1), b, batch) * (n > 0) <= memory * 2**30
+    assert weights + kv_cache_bytes(layers, kv_heads, head_dim, n + 1, b, batch) > memory * 2**30
+
+
+def test_tokens_that_fit_when_the_weights_do_not():
+    assert tokens_that_fit(80, 80, 8, 128, 2, 1, 70_553_706_496) == 0  # Llama-3-70B in bf16: 131 GiB of weights
+    assert tokens_that_fit(80, 80, 8, 128, 2, 1, 0) == 80 * 2**30 // (320 * 1024)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: kv_cache_bytes(0, 8, 128, 10), ValueError, "layers must be an int >= 1"),
+    (lambda: kv_cache_bytes(32, 8.0, 128, 10), TypeError, "kv_heads must be an int"),
+    (lambda: kv_cache_bytes(32, 8, True, 10), TypeError, "head_dim must be an int"),
+    (lambda: kv_cache_bytes(32, 8, 128, 0), ValueError, "context must be an int >= 1"),
+    (lambda: kv_cache_bytes(32, 8, 128, 10, 3), ValueError, "bytes_per_element must be one of"),
+    (lambda: kv_cache_bytes(32, 8, 128, 10, 2.0), TypeError, "bytes_per_element must be an int"),
+    (lambda: kv_cache_bytes(32, 8, 128, 10, 2, -1), ValueError, "batch must be an int >= 1"),
+    (lambda: tokens_that_fit(0, 32, 8, 128), ValueError, "memory_gib must be an int >= 1"),
+    (lambda: tokens_that_fit(16, 32, 8, 128, parameters=-1), ValueError, "parameters must be an int >= 0"),
+    (lambda: kv_module.attention_kind(32, 5), ValueError, "kv_heads must divide heads"),
+    (lambda: kv_module.model_config("GPT-5"), ValueError, "model must be one of"),
+])
+def test_kv_functions_reject_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_kv_calculator_presets_custom_and_repr():
+    widget = KVCacheCalculator("Llama-3-8B", context=32768)
+    assert (widget.layers, widget.heads, widget.kv_heads, widget.head_dim, widget.parameters) == (
+        32, 32, 8, 128, 8_030_261_248)
+    text = repr(widget)
+    assert not re.search(r"0x[0-9a-fA-F]+", text)
+    assert text == ("KVCacheCalculator(model='Llama-3-8B', bytes_per_element=2, context=32768, batch=1, "
+                    "count_weights=True)")
+    assert widget.cache_bytes() == 4 * 2**30 and widget.per_token() == 128 * 1024
+    assert widget.fits() == {g["gib"]: tokens_that_fit(g["gib"], 32, 8, 128, 2, 1, 8_030_261_248)
+                             for g in kv_module.GPUS}
+    widget.count_weights = False
+    assert widget.fits()[80] == 80 * 2**30 // (128 * 1024)
+    # editing a number leaves the model: it becomes custom, and its parameter count is gone
+    widget.kv_heads = 32
+    assert (widget.model, widget.parameters) == ("custom", 0)
+    assert repr(widget) == ("KVCacheCalculator(model='custom', layers=32, heads=32, kv_heads=32, head_dim=128, "
+                            "parameters=0, bytes_per_element=2, context=32768, batch=1, count_weights=False)")
+    widget.model = "Qwen2.5-7B"  # choosing a model brings its numbers
+    assert (widget.layers, widget.heads, widget.kv_heads, widget.head_dim) == (28, 28, 4, 128)
+    custom = KVCacheCalculator(layers=12, heads=12, kv_heads=12, head_dim=64, context=1024, parameters=124_000_000)
+    assert custom.model == "custom" and custom.parameters == 124_000_000
+    assert custom.cache_bytes() == kv_cache_bytes(12, 12, 64, 1024)
+    state = custom.get_state()
+    for name in KV_TRAITS:
+        assert name in state
+    assert state["models"] == [dict(m) for m in kv_module.MODELS] and state["gpus"] == [dict(g) for g in kv_module.GPUS]
+
+
+def test_kv_calculator_changes_heads_together():
+    widget = KVCacheCalculator("Llama-3-8B")
+    with pytest.raises(traitlets.TraitError, match="kv_heads must divide heads"):
+        widget.heads = 28  # 8 KV heads cannot serve 28 heads
+    assert (widget.heads, widget.model) == (32, "Llama-3-8B")
+    with widget.hold_trait_notifications():  # as the front end sends a model's numbers: all at once
+        widget.layers, widget.heads, widget.kv_heads = 28, 28, 4
+    assert (widget.layers, widget.heads, widget.kv_heads, widget.model) == (28, 28, 4, "custom")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"model": "GPT-5"}, ValueError, "model must be one of"),
+    ({"model": "Llama-3-8B", "layers": 40}, ValueError, "model 'Llama-3-8B' has layers=32"),
+    ({"heads": 32, "kv_heads": 5}, ValueError, "kv_heads must divide heads"),
+    ({"layers": 0}, ValueError, "layers"), ({"head_dim": 64.0}, TypeError, "head_dim"),
+    ({"bytes_per_element": 3}, ValueError, "bytes_per_element"), ({"context": 0}, ValueError, "context"),
+    ({"context": 2**24 + 1}, ValueError, "context"), ({"batch": 0}, ValueError, "batch"),
+    ({"parameters": -1}, ValueError, "parameters"), ({"count_weights": 1}, TypeError, "count_weights"),
+    ({"gpus": [{"gib": 0, "label": "x"}]}, ValueError, "gib"), ({"gpus": [16]}, TypeError, "GPU"),
+])
+def test_kv_calculator_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        KVCacheCalculator(**kwargs)
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("model", "GPT-5"), ("layers", 0), ("heads", 31), ("kv_heads", 3), ("head_dim", 0), ("parameters", -1),
+    ("bytes_per_element", 8), ("context", 0), ("batch", 2000), ("gpus", []),
+])
+def test_kv_calculator_rejects_bad_traits(name, bad):
+    widget = KVCacheCalculator("Llama-3-8B")
+    before = getattr(widget, name)
+    with pytest.raises(traitlets.TraitError, match=name if name not in ("heads", "kv_heads") else "divide"):
+        setattr(widget, name, bad)
+    assert getattr(widget, name) == before
+    with pytest.raises(traitlets.TraitError, match="read-only"):
+        widget.models = []
+
+
+def test_kv_calculator_ships_its_javascript_and_css():
+    widget = KVCacheCalculator()
+    assert str(widget._esm) == KV_JS.read_text() and str(widget._css) == KV_CSS.read_text()
+    esm = KV_JS.read_text()
+    assert re.search(r"^function render\(", esm, re.M)
+    assert re.search(r"^export default \{[^}]*\brender\b", esm, re.M)
+    assert not re.search(r"^\s*import\b|https?://", esm, re.M)
+    assert ".ab-kv " in KV_CSS.read_text() and ".ab-kv-bar-cache" in KV_CSS.read_text()
+    used = synced_names_used(esm)
+    assert set(KV_TRAITS) <= used
+    assert used <= set(KVCacheCalculator.class_traits(sync=True)), used - set(KVCacheCalculator.class_traits(sync=True))
+    # the limits of the number boxes are the Python limits
+    for name in ("MAX_CONTEXT", "MAX_BATCH", "MAX_SIZE"):
+        match = re.search(rf"^const {name} = (.+);$", esm, re.M)
+        assert match and eval(match.group(1)) == getattr(kv_module, name), name  # "2 ** 24", "1024"
+
+
+KV_CASES = [(layers, heads, kv_heads, head_dim, b, context, batch, parameters, memory)
+            for layers, heads, kv_heads, head_dim, parameters in ((32, 32, 8, 128, 8_030_261_248), (80, 64, 8, 128, 70_553_706_496),
+                                                                  (28, 28, 4, 128, 7_615_616_512), (12, 12, 12, 64, 0),
+                                                                  (3, 6, 1, 7, 1000))
+            for b in (1, 2, 4) for context in (1, 4096, 131072, 2**20) for batch in (1, 8)
+            for memory in (16, 80)]
+
+
+def test_javascript_kv_numbers_equal_python(node):
+    js = run_js(node, KV_JS, f"const cases = {json.dumps(KV_CASES)};\n"
+                "console.log(JSON.stringify(cases.map(([l, h, kv, d, b, c, n, p, m]) => [kvBytesPerToken(l, kv, d, b),"
+                " kvCacheBytes(l, kv, d, c, b, n), tokensThatFit(m, l, kv, d, b, n, p), weightBytes(p), attentionKind(h, kv),"
+                " validHeads(h, kv)])));")
+    assert len(js) == len(KV_CASES)
+    for case, (per_token, cache, fit, weights, kind, valid) in zip(KV_CASES, js):
+        layers, heads, kv_heads, head_dim, b, context, batch, parameters, memory = case
+        assert per_token == kv_bytes_per_token(layers, kv_heads, head_dim, b), case
+        assert cache == kv_cache_bytes(layers, kv_heads, head_dim, context, b, batch), case  # exact below 2**53
+        assert fit == tokens_that_fit(memory, layers, kv_heads, head_dim, b, batch, parameters), case
+        assert weights == kv_module.weight_bytes(parameters) and valid is True, case
+        assert kind == kv_module.attention_kind(heads, kv_heads), case
+
+
+def test_javascript_kv_constants_and_rules_equal_python(node):
+    site_helpers = pytest.importorskip("site_helpers")
+    sizes = [0, 1, 1023, 1024, 1025, 1023 * 1024, 1024**2 - 1, 1.5 * 2**30, 131072 * 2**20, 2**50, 2**60]
+    js = run_js(node, KV_JS, f"console.log(JSON.stringify([GIB, WEIGHT_BYTES, DTYPE_BYTES, DTYPES, CUSTOM,"
+                f" {json.dumps(sizes)}.map(formatBytes), [8, 12, 20.0, 21].map(contextFromSlider),"
+                " [[32, 5], [4, 8], [6, 3]].map(([h, kv]) => validHeads(h, kv))]));")
+    gib, weight, dtype_bytes, dtypes, custom, formatted, contexts, valid = js
+    assert (gib, weight, custom) == (kv_module.GIB, kv_module.WEIGHT_BYTES, kv_module.CUSTOM)
+    assert dtype_bytes == sorted(kv_module.DTYPES, reverse=True)
+    assert {int(k): v for k, v in dtypes.items()} == kv_module.DTYPES
+    assert formatted == [site_helpers.format_bytes(n) for n in sizes]
+    assert contexts == [256, 4096, 2**20, 2**21]
+    assert valid == [False, False, True]
+    with pytest.raises(AssertionError):  # grouping that does not divide is an error in JavaScript too
+        run_js(node, KV_JS, "console.log(JSON.stringify(attentionKind(32, 5)));")

@@ -55,3 +55,40 @@ def recall_task(n: int, *, distance: int, length: int = 64, vocab_size: int = 8,
         raise ValueError(f"distance must be an int in [0, length), got {distance!r} with length={length}")
     inputs = torch.randint(0, vocab_size, (n, length), generator=generator)
     return inputs, inputs[:, length - 1 - distance].clone()
+
+
+def passkey_task(n: int, *, length: int, filler: torch.Tensor, vocab_size: int, keys: int = 10,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Passkey retrieval: find the one key hidden in a long text and repeat it at the end.
+
+    The synthetic long-context test of Mohtashami and Jaggi ("Landmark Attention", 2023), used by
+    the position-interpolation and YaRN papers. Each sequence is a random window of ``length`` tokens
+    of ``filler`` (a 1-D stream of token ids, all ``< vocab_size``, such as the tokenized corpus) in
+    which two tokens are replaced at a uniformly random place ``p`` (``0 <= p <= length - 3``): the
+    marker ``vocab_size`` ("the pass key is") followed by the key ``vocab_size + 2 + d`` with ``d``
+    uniform in ``0 .. keys - 1``. The last token is the question ``vocab_size + 1``; the label is the
+    key. A model therefore needs ``vocab_size + 2 + keys`` embeddings; chance accuracy is
+    ``1 / keys``. The key sits ``length - 2 - p`` positions before the question.
+
+    Returns ``inputs`` ``(n, length)`` and ``labels`` ``(n,)``.
+    """
+    _check_positive(n=n, length=length, vocab_size=vocab_size, keys=keys)
+    if length < 3:
+        raise ValueError(f"passkey_task needs length >= 3 (marker, key and question), got {length}")
+    if not isinstance(filler, torch.Tensor) or filler.ndim != 1 or filler.dtype != torch.long:
+        raise ValueError("filler must be a 1-D torch.long tensor of token ids, got "
+                         f"{type(filler).__name__}{'' if not isinstance(filler, torch.Tensor) else f' {filler.dtype} of shape {tuple(filler.shape)}'}")
+    if filler.numel() < length:
+        raise ValueError(f"filler must hold at least length={length} tokens, got {filler.numel()}")
+    if filler.numel() and (int(filler.min()) < 0 or int(filler.max()) >= vocab_size):
+        raise ValueError(f"filler ids must lie in [0, vocab_size={vocab_size}), got [{int(filler.min())}, {int(filler.max())}]")
+    starts = torch.randint(0, filler.numel() - length + 1, (n,), generator=generator)
+    inputs = filler[starts[:, None] + torch.arange(length)]
+    keys_drawn = torch.randint(0, keys, (n,), generator=generator)
+    places = torch.randint(0, length - 2, (n,), generator=generator)
+    rows = torch.arange(n)
+    labels = vocab_size + 2 + keys_drawn
+    inputs[rows, places] = vocab_size
+    inputs[rows, places + 1] = labels
+    inputs[:, -1] = vocab_size + 1
+    return inputs, labels

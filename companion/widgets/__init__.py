@@ -5,8 +5,11 @@ responds in JupyterLab, on Colab and in the static site alike. Python only sets 
 """
 
 from companion.widgets.attention_explorer import AttentionExplorer, display_token, top_attended
+from companion.widgets.kv_cache import KVCacheCalculator, kv_bytes_per_token, kv_cache_bytes, tokens_that_fit
 from companion.widgets.mask_explorer import MaskExplorer, describe_query, mask_matrix
+from companion.widgets.rope_dial import RopeDial, rope_angles
 from companion.widgets.sequence_cost import SequenceCost, sequence_costs
 
-__all__ = ["AttentionExplorer", "MaskExplorer", "SequenceCost", "describe_query", "display_token", "mask_matrix",
-           "sequence_costs", "top_attended"]
+__all__ = ["AttentionExplorer", "KVCacheCalculator", "MaskExplorer", "RopeDial", "SequenceCost", "describe_query",
+           "display_token", "kv_bytes_per_token", "kv_cache_bytes", "mask_matrix", "rope_angles", "sequence_costs",
+           "tokens_that_fit", "top_attended"]
