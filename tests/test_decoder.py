@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from companion.models import Decoder, DecoderConfig, filter_logits, sample_next
-from companion.nn import KVCache, RMSNorm, RotaryEmbedding, SinusoidalPositions, apply_rotary
+from companion.nn import (KVCache, RMSNorm, RopeScaling, RotaryEmbedding, SinusoidalPositions, alibi_slopes,
+                          apply_rotary)
 from companion.nn.positions import sinusoidal_table
 
 SMALL = dict(vocab_size=50, width=32, n_layers=2, n_heads=4)
@@ -94,7 +95,7 @@ def test_per_layer_pattern_picks_parts_per_layer():
 
 @pytest.mark.parametrize("bad, message", [
     (dict(width=30, n_heads=4), "divisible"), (dict(n_kv_heads=3), "multiple"),
-    (dict(positions="alibi"), "positions"), (dict(norm_position="middle"), "norm_position"),
+    (dict(positions="relative"), "positions"), (dict(norm_position="middle"), "norm_position"),
     (dict(mixers=("attention",)), "one part per layer"), (dict(feedforwards=("moe", "moe")), "unknown"),
     (dict(vocab_size=0), "vocab_size"), (dict(head_dim=5), "even head_dim"),
 ])
@@ -260,3 +261,152 @@ def test_without_residuals_each_sublayer_replaces_its_input():
         mixed, _ = block.mixer(block.norm_1(x), positions, None, False)
         expected = block.ffn(block.norm_2(mixed))
     torch.testing.assert_close(out, expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# ALiBi and RoPE's scalings in the decoder
+# ------------------------------------------------------------------------------------------------
+
+def randomised(model: Decoder, seed: int = 0) -> Decoder:
+    """Every parameter redrawn at a scale where the logits are of order one (init_std gives ~0.02)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.3 + (0.5 if param.ndim == 1 else 0.0))
+    return model
+
+
+ALIBI = dict(positions="alibi", width=36, n_heads=6)  # 6 heads: slopes of the non-power-of-two rule
+
+
+@pytest.mark.parametrize("changes", [{}, {"n_kv_heads": 2}, {"n_kv_heads": 3, "window": 4}, {"n_heads": 4}])
+def test_alibi_decoder_cache_equals_full_forward(changes):
+    model = randomised(make(**{**ALIBI, **changes}))
+    x = ids(seq=11)
+    with torch.no_grad():
+        full = model(x)
+        cache = model.new_cache(2, 11)
+        pieces = [model(x[:, :4], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(4, 9)]
+        pieces.append(model(x[:, 9:], cache=cache))
+        plain = randomised(make(**{**ALIBI, **changes, "positions": "none"}))(x)
+    assert full.abs().max() > 1.0
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert (plain - full).abs().max() > 1e-2  # the biases change the result: same weights without them
+
+
+def test_alibi_decoder_uses_the_head_slopes_and_no_position_vectors():
+    model = make(**ALIBI, n_layers=3)
+    assert model.rope is None and model.positions is None
+    for block in model.blocks:
+        assert torch.equal(block.mixer.alibi_slopes, alibi_slopes(6))
+        assert block.mixer.rope is None
+    assert make().blocks[0].mixer.alibi_slopes is None
+
+
+def test_alibi_attention_maps_agree_with_the_fast_path():
+    model = randomised(make(**ALIBI, n_kv_heads=2, n_layers=2), seed=1)
+    x = ids(seq=8)
+    seen = []
+    hooks = [block.mixer.register_forward_hook(lambda mixer, inputs, output: seen.append((mixer, inputs, output)))
+             for block in model.blocks]
+    try:
+        with torch.no_grad():
+            out = model(x, return_attention=True)
+            fast = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    torch.testing.assert_close(out.logits, fast)
+    for (mixer, (h, positions, *_), (y, _)), weights in zip(seen, out.attention):
+        assert weights.shape == (2, 6, 8, 8)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 6, 8))
+        assert torch.all(weights.triu(1) == 0)
+        with torch.no_grad():  # the maps, applied to the values, give the fast path's output
+            _, _, v = mixer.project(h, positions)
+            o = weights @ v.repeat_interleave(3, dim=1)
+            y_from_maps = mixer.out(o.transpose(1, 2).reshape(2, 8, 36))
+        torch.testing.assert_close(y_from_maps, y, atol=1e-5, rtol=1e-5)
+    # the maps are ALiBi's: recomputed here from the scores and the distance bias of each head
+    mixer, (h, positions, *_), _ = seen[0]
+    with torch.no_grad():
+        q, k, _ = mixer.project(h, positions)
+        k = k.repeat_interleave(3, dim=1)
+    distance = (torch.arange(8)[:, None] - torch.arange(8)[None, :]).abs()
+    scores = q @ k.transpose(-1, -2) / math.sqrt(6) - alibi_slopes(6)[:, None, None] * distance
+    scores = scores.masked_fill(torch.ones(8, 8, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(out.attention[0], scores.softmax(-1), atol=1e-6, rtol=1e-5)
+
+
+def test_alibi_greedy_generation_with_and_without_cache_agree():
+    model = randomised(make(**ALIBI, n_kv_heads=3), seed=2)
+    prompt = ids(batch=2, seq=5)
+    with_cache = model.generate(prompt, 10, temperature=0)
+    assert torch.equal(with_cache, model.generate(prompt, 10, temperature=0, use_cache=False))
+
+
+SCALINGS = {
+    "linear": RopeScaling("linear", factor=3.0),
+    "yarn": RopeScaling("yarn", factor=4.0, original_max_positions=6, beta_fast=8.0, beta_slow=0.5),
+    "llama3": RopeScaling("llama3", factor=4.0, original_max_positions=6, low_freq_factor=1.0,
+                          high_freq_factor=4.0),
+    "longrope": RopeScaling("longrope", factor=4.0, original_max_positions=6, short_factor=[1.0, 1.5, 2.0, 2.5],
+                            long_factor=[1.0, 3.0, 9.0, 27.0]),
+    "dynamic": RopeScaling("dynamic", factor=4.0, original_max_positions=6),
+}
+
+
+@pytest.mark.parametrize("kind", ["linear", "yarn", "llama3", "longrope"])
+def test_scaled_rope_decoder_cache_equals_full_forward(kind):
+    model = randomised(make(rope_scaling=SCALINGS[kind], rope_base=100.0))  # head_dim 8
+    x = ids(seq=15)
+    with torch.no_grad():
+        full = model(x)
+        cache = model.new_cache(2, 15)
+        # LongRoPE switches factors at the original length: start past it, as a long prompt would
+        pieces = [model(x[:, :7], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(7, 15)]
+        plain = randomised(make(rope_base=100.0))(x)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert (plain - full).abs().max() > 1e-2  # the scaling changes the result
+
+
+def test_dynamic_ntk_decoder_is_plain_rope_up_to_the_original_length():
+    scaled = randomised(make(rope_scaling=SCALINGS["dynamic"], rope_base=100.0))
+    plain = randomised(make(rope_base=100.0))
+    x = ids(seq=12)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(x[:, :6]), plain(x[:, :6]), atol=0, rtol=0)
+        assert (scaled(x) - plain(x)).abs().max() > 1e-2
+        torch.testing.assert_close(scaled(x[:, :6]), plain(x[:, :6]), atol=0, rtol=0)  # and back again
+
+
+# ------------------------------------------------------------------------------------ embed_scale
+@pytest.mark.parametrize("positions", ["rope", "sinusoidal", "learned"])
+def test_embed_scale_multiplies_the_token_embeddings_only(positions):
+    """embed_scale=c equals an unscaled model whose input embedding table is c times larger
+    (untied, so the output projection keeps the original weights); positions are not scaled."""
+    scaled = make(positions=positions, embed_scale=3.0)
+    plain = make(positions=positions)
+    plain.load_state_dict(scaled.state_dict())
+    x = ids()
+    with torch.no_grad():
+        reference = plain(x)
+        plain.embed.weight.mul_(3.0)
+        expected = plain(x)
+        got = scaled(x)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, reference)
+
+
+def test_embed_scale_with_a_cache_equals_the_full_forward():
+    model = make(embed_scale=math.sqrt(32), tie_embeddings=True)
+    x = ids(seq=7)
+    cache = model.new_cache(2, 7)
+    with torch.no_grad():
+        steps = torch.cat([model(x[:, :4], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(4, 7)], 1)
+        torch.testing.assert_close(steps, model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), True, "8"])
+def test_bad_embed_scale_raises(bad):
+    with pytest.raises(ValueError, match="embed_scale must be a positive number"):
+        DecoderConfig(**SMALL, embed_scale=bad)

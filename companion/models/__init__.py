@@ -2,11 +2,13 @@
 
 from companion.models.classifiers import BagOfWordsClassifier, RecurrentClassifier
 from companion.models.decoder import FEEDFORWARDS, MIXERS, Decoder, DecoderConfig, DecoderOutput
-from companion.models.hf import from_hf
+from companion.models.hf import from_hf, rope_from_config
 from companion.models.sampling import filter_logits, sample_next
 from companion.models.window_lm import WindowLM
+from companion.nn.rope_scaling import RopeScaling
 
 __all__ = [
     "BagOfWordsClassifier", "Decoder", "DecoderConfig", "DecoderOutput", "FEEDFORWARDS", "MIXERS",
-    "RecurrentClassifier", "WindowLM", "filter_logits", "from_hf", "sample_next",
+    "RecurrentClassifier", "RopeScaling", "WindowLM", "filter_logits", "from_hf", "rope_from_config",
+    "sample_next",
 ]

@@ -15,10 +15,17 @@ connection with a normalisation::
 :data:`MIXERS` and :data:`FEEDFORWARDS`; later chapters register new kinds there instead of writing
 new models. With RMSNorm, SwiGLU, RoPE, pre-norm and no biases, the decoder is a Llama
 (Touvron et al. 2023): :func:`companion.models.from_hf` converts Hugging Face checkpoints.
+
+Positions (``config.positions``): ``"rope"`` rotates queries and keys (Su et al. 2021), optionally
+with a ``rope_scaling`` (:class:`~companion.nn.rope_scaling.RopeScaling`: position interpolation,
+dynamic NTK, YaRN, LongRoPE, Llama 3); ``"learned"`` and ``"sinusoidal"`` add a vector to each token
+embedding; ``"alibi"`` biases every head's scores by ``-slope_h * |i - j|`` (Press et al. 2022);
+``"none"`` gives no position information beyond the causal mask.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -30,10 +37,11 @@ from companion.nn.attention import Attention
 from companion.nn.cache import KVCache
 from companion.nn.feedforward import GeluMLP, SwiGLU, default_hidden
 from companion.nn.norms import make_norm
-from companion.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
+from companion.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, alibi_slopes
+from companion.nn.rope_scaling import RopeScaling, rope_frequencies
 from companion.models.sampling import sample_next
 
-POSITIONS = ("rope", "learned", "sinusoidal", "none")
+POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
 
 
 @dataclass(frozen=True)
@@ -52,8 +60,9 @@ class DecoderConfig:
     norm_eps: float = 1e-5
     norm_position: str = "pre"             # "pre" or "post"
     residual: bool = True                  # False only to show what residual connections do
-    positions: str = "rope"                # "rope", "learned", "sinusoidal" or "none"
+    positions: str = "rope"                # "rope", "learned", "sinusoidal", "alibi" or "none"
     rope_base: float = 10000.0
+    rope_scaling: RopeScaling | None = None  # RoPE's scaling (positions="rope" only); None: plain RoPE
     max_positions: int = 2048              # learned positions: table size; others: initial cache size
     window: int | None = None              # sliding-window attention (None: full causal)
     tie_embeddings: bool = False
@@ -62,6 +71,7 @@ class DecoderConfig:
     mixers: tuple[str, ...] | None = None        # per layer; None: ("attention",) * n_layers
     feedforwards: tuple[str, ...] | None = None  # per layer; None: (ffn,) * n_layers
     init_std: float = 0.02
+    embed_scale: float = 1.0               # token embeddings are multiplied by this (Vaswani et al.: sqrt(width))
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "width", "n_layers", "n_heads"):
@@ -77,6 +87,15 @@ class DecoderConfig:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.positions == "rope" and self.dim_per_head % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.dim_per_head}")
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, RopeScaling):
+                raise ValueError(f"rope_scaling must be a RopeScaling or None, got {type(self.rope_scaling).__name__}")
+            if self.positions != "rope":
+                raise ValueError(f"rope_scaling needs positions='rope', got positions={self.positions!r}")
+            rope_frequencies(self.dim_per_head, self.rope_base, self.rope_scaling)  # raises if it cannot apply
+        if (isinstance(self.embed_scale, bool) or not isinstance(self.embed_scale, (int, float))
+                or not math.isfinite(self.embed_scale) or self.embed_scale <= 0):
+            raise ValueError(f"embed_scale must be a positive number, got {self.embed_scale!r}")
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
         for name, kinds, registry in (("mixers", self.layer_mixers, MIXERS),
@@ -109,8 +128,10 @@ class DecoderConfig:
 
 
 def _attention(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> nn.Module:
+    slopes = alibi_slopes(config.n_heads) if config.positions == "alibi" else None
     return Attention(config.width, config.n_heads, config.kv_heads, config.dim_per_head,
-                     bias=config.attention_bias, rope=rope, window=config.window, layer_index=index)
+                     bias=config.attention_bias, rope=rope, window=config.window, layer_index=index,
+                     alibi_slopes=slopes)
 
 
 def _swiglu(config: DecoderConfig, index: int) -> nn.Module:
@@ -167,7 +188,8 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.width)
-        self.rope = (RotaryEmbedding(config.dim_per_head, config.rope_base, max_positions=config.max_positions)
+        self.rope = (RotaryEmbedding(config.dim_per_head, config.rope_base, max_positions=config.max_positions,
+                                     scaling=config.rope_scaling)
                      if config.positions == "rope" else None)
         if config.positions == "learned":
             self.positions = LearnedPositions(config.max_positions, config.width)
@@ -225,6 +247,8 @@ class Decoder(nn.Module):
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         x = self.embed(ids)
+        if self.config.embed_scale != 1.0:
+            x = x * self.config.embed_scale
         if self.positions is not None:
             x = x + self.positions(positions)
         maps = []

@@ -11,6 +11,14 @@ With ``n_kv_heads == n_heads`` this is multi-head attention (MHA); with fewer ke
 each shared by a group of query heads, it is grouped-query attention (GQA, Ainslie et al. 2023);
 with one key-value head, multi-query attention (MQA, Shazeer 2019). One class covers all three.
 The three input projections are one matrix ``qkv`` (one matrix multiply instead of three).
+
+Positions enter either by rotating queries and keys (``rope``, Su et al. 2021) or, with
+``alibi_slopes``, as a bias on the scores (ALiBi, Press et al. 2022)::
+
+    S[h, i, j] = q_h,i . k_g,j / sqrt(head_dim)  -  slope_h * |p_i - j|
+
+where query ``i`` sits at absolute position ``p_i`` (with a cache: after the cached keys), so a
+decoding step sees the same biases as the full forward.
 """
 
 from __future__ import annotations
@@ -32,11 +40,13 @@ class Attention(nn.Module):
     ``positions`` the absolute positions of those tokens ``(seq,)``. Returns ``(y, weights)`` with
     ``y`` ``(batch, seq, width)`` and ``weights`` the attention probabilities
     ``(batch, n_heads, seq, keys)`` when ``return_weights`` is set (else ``None``).
+    ``alibi_slopes`` ``(n_heads,)`` (see :func:`companion.nn.positions.alibi_slopes`) is kept as a
+    buffer, so it follows ``.to(device)`` (and ``.to(dtype)``).
     """
 
     def __init__(self, width: int, n_heads: int, n_kv_heads: int | None = None, head_dim: int | None = None,
                  *, bias: bool = False, rope: RotaryEmbedding | None = None, window: int | None = None,
-                 causal: bool = True, layer_index: int = 0) -> None:
+                 causal: bool = True, layer_index: int = 0, alibi_slopes: torch.Tensor | None = None) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         head_dim = width // n_heads if head_dim is None else head_dim
@@ -45,6 +55,17 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.window, self.causal, self.layer_index = window, causal, layer_index
         self.rope = rope
+        if alibi_slopes is not None and (not isinstance(alibi_slopes, torch.Tensor)
+                                         or tuple(alibi_slopes.shape) != (n_heads,)
+                                         or not alibi_slopes.is_floating_point()):
+            got = (f"{tuple(alibi_slopes.shape)} {alibi_slopes.dtype}" if isinstance(alibi_slopes, torch.Tensor)
+                   else type(alibi_slopes).__name__)
+            raise ValueError(f"alibi_slopes must be a floating-point tensor of shape (n_heads,) = ({n_heads},), "
+                             f"got {got}")
+        if alibi_slopes is None:
+            self.alibi_slopes = None  # a plain attribute: the path without ALiBi reads it at no cost
+        else:
+            self.register_buffer("alibi_slopes", alibi_slopes, persistent=False)
         self.qkv = nn.Linear(width, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
         self.out = nn.Linear(n_heads * head_dim, width, bias=bias)
 
@@ -65,7 +86,7 @@ class Attention(nn.Module):
         q, k, v = self.project(x, positions)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
-        o = attention(q, k, v, causal=self.causal, window=self.window)
+        o = attention(q, k, v, causal=self.causal, window=self.window, alibi_slopes=self.alibi_slopes)
         y = self.out(o.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
         weights = self.weights(q, k) if return_weights else None
         return y, weights
@@ -75,6 +96,11 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(group, dim=1)
         scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)
+        if self.alibi_slopes is not None:  # query i at p_i = i + kv_len - q_len (after the cache)
+            q_len, kv_len = q.shape[2], k.shape[2]
+            p = torch.arange(q_len, device=q.device) + (kv_len - q_len)
+            distance = (p[:, None] - torch.arange(kv_len, device=q.device)[None, :]).abs().float()
+            scores = scores - self.alibi_slopes.float()[:, None, None] * distance
         allowed = attention_mask(q.shape[2], k.shape[2], causal=self.causal, window=self.window, device=q.device)
         scores = scores.masked_fill(~allowed, float("-inf"))
         return torch.nan_to_num(scores.softmax(dim=-1), nan=0.0)
