@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from companion.device import triton_can_run, triton_interpreter
 from companion.kernels import rotary
+from companion.nn import RopeScaling
 
 # `companion.kernels.rotary` is the function (the package re-exports it); this is the module
 rotary_module = importlib.import_module("companion.kernels.rotary")
@@ -494,3 +495,46 @@ def test_good_edge_inputs_are_accepted():
     q_rot, _ = rotary(args["q"], args["k"], args["cos"].to(F64), args["sin"].half())
     assert q_rot.dtype == torch.float32
     torch.testing.assert_close(q_rot, rotary(args["q"], args["k"], args["cos"], args["sin"].half().float())[0])
+
+
+# ------------------------------------------------------- the model's path on a GPU (use_rotary_kernel)
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("changes", [{}, {"n_kv_heads": 1},
+                                     {"rope_scaling": RopeScaling(kind="yarn", factor=4.0, original_max_positions=4)}])
+def test_decoder_through_the_rotary_kernel_equals_its_cpu_path(monkeypatch, backend, changes):
+    """On CUDA, Attention.project rotates with kernels.rotary (split q and k); on the CPU with one
+    expression over both. Forcing the kernel branch here must change nothing: full forward, cached
+    decoding and gradients."""
+    import functools
+
+    import companion.nn.attention as attention_module
+    from companion.models import Decoder, DecoderConfig
+
+    torch.manual_seed(0)
+    model = Decoder(DecoderConfig(vocab_size=40, width=32, n_layers=2, n_heads=4, **changes))
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        model.zero_grad()
+        logits = model(ids)
+        logits.square().mean().backward()
+        cache = model.new_cache(2, 9)
+        with torch.no_grad():
+            steps = torch.cat([model(ids[:, :5], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(5, 9)], 1)
+        return logits.detach(), steps, [p.grad.clone() for p in model.parameters()]
+
+    expected = run()
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return rotary(*args, **kwargs, backend=backend)
+
+    monkeypatch.setattr(attention_module, "use_rotary_kernel", lambda x: True)
+    monkeypatch.setattr(attention_module, "rotary", counted)
+    got = run()
+    assert calls, "the kernel branch was not taken"
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+    for a, b in zip(got[2], expected[2]):
+        torch.testing.assert_close(a, b)

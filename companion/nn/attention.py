@@ -28,9 +28,18 @@ import math
 import torch
 from torch import nn
 
-from companion.kernels import attention, attention_mask
+from companion.kernels import attention, attention_mask, rotary
 from companion.nn.cache import KVCache
 from companion.nn.positions import RotaryEmbedding, apply_rotary
+
+
+def use_rotary_kernel(x: torch.Tensor) -> bool:
+    """Whether :meth:`Attention.project` rotates through :func:`companion.kernels.rotary` (CUDA tensors).
+
+    On the CPU the layer keeps its single elementwise expression over queries and keys together
+    (the same arithmetic as the kernel's reference, without its argument checks).
+    """
+    return x.is_cuda
 
 
 class Attention(nn.Module):
@@ -76,6 +85,9 @@ class Attention(nn.Module):
         qk, v = heads.split((self.n_heads + self.n_kv_heads, self.n_kv_heads), dim=2)
         if self.rope is not None:  # queries and keys rotate by the same angles: one operation for both
             cos, sin = self.rope(positions, dtype=qk.dtype)
+            if use_rotary_kernel(qk):  # on a GPU: companion.kernels.rotary, one Triton launch for q and k
+                q, k = rotary(*qk.split((self.n_heads, self.n_kv_heads), dim=2), cos, sin)
+                return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             qk = apply_rotary(qk, cos[:, None, :], sin[:, None, :])
         q, k = qk.split((self.n_heads, self.n_kv_heads), dim=2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
