@@ -2,10 +2,12 @@
 
 ``attention`` is scaled dot-product attention with causal / sliding-window masks, ALiBi and
 grouped-query heads; ``attention_mask`` is its boolean mask rule. ``rotary`` applies rotary position
-embeddings (RoPE) to queries and keys in one pass.
+embeddings (RoPE) to queries and keys in one pass. ``tiled_attention`` computes ``attention`` the
+way FlashAttention does (tiles of keys, an online softmax) in plain PyTorch, for teaching.
 """
 
 from companion.kernels.attention import attention, attention_mask
 from companion.kernels.rotary import rotary
+from companion.kernels.tiled_attention import tiled_attention
 
-__all__ = ["attention", "attention_mask", "rotary"]
+__all__ = ["attention", "attention_mask", "rotary", "tiled_attention"]
