@@ -56,6 +56,8 @@ from typing import Any
 import anywidget
 import traitlets
 
+from companion.widgets._traits import checked
+
 GIB = 2**30
 WEIGHT_BYTES = 2  # bytes per parameter of the weights, when they are counted (bfloat16)
 # bytes per element of the cache -> how the widget's menu names it (the same text is in kv_cache.js)
@@ -227,54 +229,47 @@ class KVCacheCalculator(anywidget.AnyWidget):
                          count_weights=count_weights, gpus=_check_gpus(gpus), **kwargs)
 
     # ---------------------------------------------------------------------------- validation
-    @staticmethod
-    def _checked(proposal, check):
-        try:
-            return check(proposal["value"])
-        except (TypeError, ValueError) as error:
-            raise traitlets.TraitError(str(error)) from None
-
     @traitlets.validate("model")
     def _valid_model(self, proposal):
-        return self._checked(proposal, lambda v: v if v == CUSTOM else model_config(v)["name"])
+        return checked(proposal, lambda v: v if v == CUSTOM else model_config(v)["name"])
 
     @traitlets.validate("layers", "head_dim")
     def _valid_size(self, proposal):
-        return self._checked(proposal, lambda v: _int(proposal["trait"].name, v, 1, MAX_SIZE))
+        return checked(proposal, lambda v: _int(proposal["trait"].name, v, 1, MAX_SIZE))
 
     @traitlets.validate("heads")
     def _valid_heads(self, proposal):
         def check(v):
             _check_heads(_int("heads", v, 1, MAX_SIZE), self.kv_heads)
             return v
-        return self._checked(proposal, check)
+        return checked(proposal, check)
 
     @traitlets.validate("kv_heads")
     def _valid_kv_heads(self, proposal):
         def check(v):
             _check_heads(self.heads, _int("kv_heads", v, 1, MAX_SIZE))
             return v
-        return self._checked(proposal, check)
+        return checked(proposal, check)
 
     @traitlets.validate("gpus")
     def _valid_gpus(self, proposal):
-        return self._checked(proposal, _check_gpus)
+        return checked(proposal, _check_gpus)
 
     @traitlets.validate("parameters")
     def _valid_parameters(self, proposal):
-        return self._checked(proposal, lambda v: _int("parameters", v, 0))
+        return checked(proposal, lambda v: _int("parameters", v, 0))
 
     @traitlets.validate("bytes_per_element")
     def _valid_bytes(self, proposal):
-        return self._checked(proposal, _bytes_per_element)
+        return checked(proposal, _bytes_per_element)
 
     @traitlets.validate("context")
     def _valid_context(self, proposal):
-        return self._checked(proposal, lambda v: _int("context", v, 1, MAX_CONTEXT))
+        return checked(proposal, lambda v: _int("context", v, 1, MAX_CONTEXT))
 
     @traitlets.validate("batch")
     def _valid_batch(self, proposal):
-        return self._checked(proposal, lambda v: _int("batch", v, 1, MAX_BATCH))
+        return checked(proposal, lambda v: _int("batch", v, 1, MAX_BATCH))
 
     # ------------------------------------------------------- keeping model and numbers in step
     @traitlets.observe("model")

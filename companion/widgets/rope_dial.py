@@ -56,6 +56,8 @@ from typing import Any, Sequence
 import anywidget
 import traitlets
 
+from companion.widgets._traits import checked
+
 SCALINGS = ("none", "interpolation", "ntk")
 SCALING_NAMES = {  # how the widget's menu names them (the same text is in rope_dial.js)
     "none": "none",
@@ -242,16 +244,9 @@ class RopeDial(anywidget.AnyWidget):
                          original_context=_int("original_context", original_context, 1), **kwargs)
 
     # ---------------------------------------------------------------------------- validation
-    @staticmethod
-    def _checked(proposal, check):
-        try:
-            return check(proposal["value"])
-        except (TypeError, ValueError) as error:
-            raise traitlets.TraitError(str(error)) from None
-
     @traitlets.validate("head_dim")
     def _valid_head_dim(self, proposal):
-        head_dim = self._checked(proposal, _check_head_dim)
+        head_dim = checked(proposal, _check_head_dim)
         if self.pairs and max(self.pairs) >= head_dim // 2:
             raise traitlets.TraitError(f"head_dim {head_dim} has {head_dim // 2} pairs but pairs holds {max(self.pairs)}: "
                                        f"set pairs too, inside hold_trait_notifications()")
@@ -259,27 +254,27 @@ class RopeDial(anywidget.AnyWidget):
 
     @traitlets.validate("base")
     def _valid_base(self, proposal):
-        return self._checked(proposal, _check_base)
+        return checked(proposal, _check_base)
 
     @traitlets.validate("position")
     def _valid_position(self, proposal):
-        return self._checked(proposal, lambda v: _int("position", v, 0))
+        return checked(proposal, lambda v: _int("position", v, 0))
 
     @traitlets.validate("factor")
     def _valid_factor(self, proposal):
-        return self._checked(proposal, _check_factor)
+        return checked(proposal, _check_factor)
 
     @traitlets.validate("scaling")
     def _valid_scaling(self, proposal):
-        return self._checked(proposal, _check_scaling)
+        return checked(proposal, _check_scaling)
 
     @traitlets.validate("pairs")
     def _valid_pairs(self, proposal):
-        return self._checked(proposal, lambda v: _check_pairs(v, self.head_dim, MAX_PAIRS))
+        return checked(proposal, lambda v: _check_pairs(v, self.head_dim, MAX_PAIRS))
 
     @traitlets.validate("original_context")
     def _valid_context(self, proposal):
-        return self._checked(proposal, lambda v: _int("original_context", v, 1))
+        return checked(proposal, lambda v: _int("original_context", v, 1))
 
     # ------------------------------------------------------------------------------- reading
     def angles(self, scaling: str | None = None) -> list[float]:
