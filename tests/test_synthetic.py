@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.data import order_task, passkey_task, recall_task
+from companion.data import associative_recall_task, order_task, passkey_task, recall_task
 
 A, B = 0, 1
 
@@ -174,3 +174,95 @@ def test_passkey_task_rejects_bad_input(kwargs, message):
     arguments = dict(length=8, filler=torch.zeros(20, dtype=torch.long), vocab_size=9) | kwargs
     with pytest.raises(ValueError, match=message):
         passkey_task(4, **arguments)
+
+
+# ------------------------------------------------------------------------- associative_recall_task
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n=st.integers(1, 30), pairs=st.integers(1, 8), seed=st.integers(0, 2**31))
+def test_associative_recall_label_is_the_value_paired_with_the_query_key(data, n, pairs, seed):
+    key_vocab = data.draw(st.integers(pairs, pairs + 6))
+    vocab_size = data.draw(st.integers(key_vocab + 1, key_vocab + 8))
+    inputs, labels = associative_recall_task(n, pairs=pairs, vocab_size=vocab_size, key_vocab=key_vocab,
+                                             generator=seeded(seed))
+    assert inputs.shape == (n, 2 * pairs + 1) and labels.shape == (n,)
+    assert inputs.dtype == labels.dtype == torch.long
+    for row, label in zip(inputs.tolist(), labels.tolist()):
+        keys, values, query = row[0:-1:2], row[1::2], row[-1]
+        assert len(set(keys)) == pairs                      # distinct keys ...
+        assert all(0 <= key < key_vocab for key in keys)     # ... from the key part of the vocabulary
+        assert all(key_vocab <= value < vocab_size for value in values)
+        assert query in keys
+        assert label == dict(zip(keys, values))[query]
+
+
+def test_associative_recall_default_split_and_next_token_targets():
+    inputs, labels = associative_recall_task(200, pairs=3, vocab_size=10, generator=seeded(0))
+    assert int(inputs[:, 0:-1:2].max()) < 5 <= int(inputs[:, 1::2].min())  # keys 0..4, values 5..9
+    again, targets = associative_recall_task(200, pairs=3, vocab_size=10, next_token=True, generator=seeded(0))
+    assert torch.equal(again, inputs)
+    assert targets.shape == inputs.shape
+    assert torch.equal(targets[:, -1], labels) and (targets[:, :-1] == -100).all()
+    # the default loss skips -100: only the answer position counts
+    logits = torch.randn(200, 7, 10)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), targets.reshape(-1))
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits[:, -1], labels))
+
+
+def test_associative_recall_is_reproducible_and_spread():
+    first = associative_recall_task(3000, pairs=4, vocab_size=16, generator=seeded(3))
+    second = associative_recall_task(3000, pairs=4, vocab_size=16, generator=seeded(3))
+    other = associative_recall_task(3000, pairs=4, vocab_size=16, generator=seeded(4))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert not torch.equal(first[0], other[0])
+    inputs, labels = first
+    assert set(labels.tolist()) == set(range(8, 16))
+    asked = (inputs[:, 0:-1:2] == inputs[:, -1:]).float().argmax(1)  # which pair the query asks for
+    assert set(asked.tolist()) == set(range(4))
+    assert set(inputs[:, 0:-1:2].flatten().tolist()) == set(range(8))
+
+
+def test_associative_recall_smallest_case():
+    inputs, labels = associative_recall_task(20, pairs=1, vocab_size=2, generator=seeded(5))
+    assert (inputs == torch.tensor([0, 1, 0])).all() and (labels == 1).all()
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"n": 0}, "n must"), ({"pairs": 0}, "pairs"), ({"pairs": 2.0}, "pairs"), ({"pairs": True}, "pairs"),
+    ({"vocab_size": 0}, "vocab_size"),
+    ({"pairs": 5, "vocab_size": 8}, "key_vocab"),                     # 4 key tokens cannot hold 5 distinct keys
+    ({"key_vocab": 8}, "key_vocab"), ({"key_vocab": 2}, "key_vocab"),  # no value token left; too few keys
+    ({"key_vocab": 4.0}, "key_vocab"), ({"next_token": 1}, "next_token"),
+])
+def test_associative_recall_rejects_bad_arguments(kwargs, name):
+    arguments = {"n": 4, "pairs": 3, "vocab_size": 8} | kwargs
+    with pytest.raises(ValueError, match=name):
+        associative_recall_task(**arguments)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 6), pairs=st.integers(1, 7), data=st.data(), seed=st.integers(0, 2**31 - 1))
+def test_multi_query_recall_asks_distinct_keys_and_answers_them(n, pairs, data, seed):
+    queries = data.draw(st.integers(1, pairs))
+    vocab_size = data.draw(st.integers(2 * pairs + 1, 3 * pairs + 4))
+    inputs, labels = associative_recall_task(n, pairs=pairs, vocab_size=vocab_size, queries=queries,
+                                             generator=seeded(seed))
+    _, targets = associative_recall_task(n, pairs=pairs, vocab_size=vocab_size, queries=queries,
+                                         next_token=True, generator=seeded(seed))
+    assert inputs.shape == (n, 2 * pairs + 2 * queries - 1)
+    labels = labels.view(n, -1)
+    assert labels.shape == (n, queries)
+    for row, answers, target in zip(inputs.tolist(), labels.tolist(), targets.tolist()):
+        table = dict(zip(row[0:2 * pairs:2], row[1:2 * pairs:2]))   # key -> value, as written in the row
+        asked = row[2 * pairs::2]
+        assert len(set(asked)) == queries and set(asked) <= set(table)
+        assert answers == [table[key] for key in asked]
+        assert row[2 * pairs + 1::2] == answers[:-1]            # each answer is shown after its query
+        expected = [-100] * len(row)
+        expected[2 * pairs::2] = answers                        # supervised exactly at the queries
+        assert target == expected
+
+
+@pytest.mark.parametrize("queries", [0, 4, 2.0, True])
+def test_multi_query_recall_rejects_bad_query_counts(queries):
+    with pytest.raises(ValueError, match="queries"):
+        associative_recall_task(4, pairs=3, vocab_size=8, queries=queries)

@@ -92,3 +92,71 @@ def passkey_task(n: int, *, length: int, filler: torch.Tensor, vocab_size: int, 
     inputs[rows, places + 1] = labels
     inputs[:, -1] = vocab_size + 1
     return inputs, labels
+
+
+IGNORE_INDEX = -100  # the target that torch.nn.functional.cross_entropy skips (its default ignore_index)
+
+
+def associative_recall_task(n: int, *, pairs: int, vocab_size: int, key_vocab: int | None = None,
+                            queries: int = 1, next_token: bool = False,
+                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Associative recall: read ``pairs`` key-value pairs, then answer a key with its value.
+
+    The task of Ba et al. 2016 ("Using Fast Weights to Attend to the Recent Past") that Zoology
+    (Arora et al. 2023, "Zoology: Measuring and Improving Recall in Efficient Language Models") uses
+    to show where fixed-size-state models (linear attention, state space models) fall behind
+    attention: a model must store every pair it has read, since any key may be asked. Each row is::
+
+        k_1 v_1 k_2 v_2 ... k_pairs v_pairs q        (2 * pairs + 1 tokens)
+
+    with distinct keys ``k_i`` drawn from tokens ``0 .. key_vocab - 1`` (default
+    ``vocab_size // 2``), values ``v_i`` drawn independently (repeats allowed) from
+    ``key_vocab .. vocab_size - 1``, and the query ``q`` one of the row's keys, chosen uniformly. The
+    label is the value paired with ``q``. Chance accuracy is ``1 / (vocab_size - key_vocab)``; a model
+    that picks one of the row's values without knowing which does about ``1 / pairs``.
+
+    With ``queries = Q > 1`` (Zoology's multi-query associative recall, MQAR), ``Q`` distinct keys of
+    the row are asked one after another, each followed by its answer except the last::
+
+        k_1 v_1 ... k_pairs v_pairs q_1 a_1 q_2 a_2 ... q_Q      (2 * pairs + 2 * Q - 1 tokens)
+
+    so that one row trains and tests ``Q`` recalls (an answer shown in the row is the value of an
+    earlier query: it gives nothing away about the later ones, whose keys are different).
+
+    Returns ``inputs`` ``(n, 2 * pairs + 2 * queries - 1)`` and ``labels``: ``(n,)`` for one query,
+    ``(n, queries)`` for several. With ``next_token=True`` the second tensor is instead ``targets``
+    of the inputs' shape: ``-100`` (``IGNORE_INDEX``, which ``F.cross_entropy`` and so
+    :func:`companion.train.next_token_loss` skip) everywhere except the query positions, which hold
+    the answers, so that a decoder is trained on the answers alone.
+    """
+    _check_positive(n=n, pairs=pairs, vocab_size=vocab_size)
+    key_vocab = vocab_size // 2 if key_vocab is None else key_vocab
+    if isinstance(key_vocab, bool) or not isinstance(key_vocab, int) or not pairs <= key_vocab < vocab_size:
+        raise ValueError(f"key_vocab must be an int with pairs <= key_vocab < vocab_size (room for {pairs} distinct "
+                         f"keys and at least one value token), got key_vocab={key_vocab!r} with pairs={pairs}, "
+                         f"vocab_size={vocab_size}")
+    if isinstance(queries, bool) or not isinstance(queries, int) or not 1 <= queries <= pairs:
+        raise ValueError(f"queries must be an int with 1 <= queries <= pairs (distinct keys are asked), "
+                         f"got queries={queries!r} with pairs={pairs}")
+    if not isinstance(next_token, bool):
+        raise ValueError(f"next_token must be True or False, got {next_token!r}")
+    # distinct keys per row: the first `pairs` entries of a random permutation of the key tokens
+    keys = torch.argsort(torch.rand(n, key_vocab, generator=generator), dim=1)[:, :pairs]
+    values = torch.randint(key_vocab, vocab_size, (n, pairs), generator=generator)
+    if queries == 1:
+        asked = torch.randint(0, pairs, (n, 1), generator=generator)
+    else:  # distinct pairs asked, in random order
+        asked = torch.argsort(torch.rand(n, pairs, generator=generator), dim=1)[:, :queries]
+    asked_keys, answers = keys.gather(1, asked), values.gather(1, asked)
+    length = 2 * pairs + 2 * queries - 1
+    inputs = torch.empty(n, length, dtype=torch.long)
+    inputs[:, 0:2 * pairs:2] = keys
+    inputs[:, 1:2 * pairs:2] = values
+    inputs[:, 2 * pairs::2] = asked_keys
+    inputs[:, 2 * pairs + 1::2] = answers[:, :-1]
+    labels = answers[:, 0] if queries == 1 else answers
+    if not next_token:
+        return inputs, labels
+    targets = torch.full_like(inputs, IGNORE_INDEX)
+    targets[:, 2 * pairs::2] = answers
+    return inputs, targets

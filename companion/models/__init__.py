@@ -3,12 +3,14 @@
 from companion.models.classifiers import BagOfWordsClassifier, RecurrentClassifier
 from companion.models.decoder import FEEDFORWARDS, MIXERS, Decoder, DecoderConfig, DecoderOutput
 from companion.models.hf import from_hf, rope_from_config
+from companion.models.published import (PUBLISHED, PublishedAttention, cache_bytes_per_token,
+                                       cache_elements_per_layer, published)
 from companion.models.sampling import filter_logits, sample_next
 from companion.models.window_lm import WindowLM
 from companion.nn.rope_scaling import RopeScaling
 
 __all__ = [
-    "BagOfWordsClassifier", "Decoder", "DecoderConfig", "DecoderOutput", "FEEDFORWARDS", "MIXERS",
-    "RecurrentClassifier", "RopeScaling", "WindowLM", "filter_logits", "from_hf", "rope_from_config",
-    "sample_next",
+    "BagOfWordsClassifier", "Decoder", "DecoderConfig", "DecoderOutput", "FEEDFORWARDS", "MIXERS", "PUBLISHED",
+    "PublishedAttention", "RecurrentClassifier", "RopeScaling", "WindowLM", "cache_bytes_per_token",
+    "cache_elements_per_layer", "filter_logits", "from_hf", "published", "rope_from_config", "sample_next",
 ]

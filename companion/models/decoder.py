@@ -21,6 +21,12 @@ with a ``rope_scaling`` (:class:`~companion.nn.rope_scaling.RopeScaling`: positi
 dynamic NTK, YaRN, LongRoPE, Llama 3); ``"learned"`` and ``"sinusoidal"`` add a vector to each token
 embedding; ``"alibi"`` biases every head's scores by ``-slope_h * |i - j|`` (Press et al. 2022);
 ``"none"`` gives no position information beyond the causal mask.
+
+Multi-head latent attention (DeepSeek-V2/V3, :mod:`companion.nn.latent_attention`) is the mixer
+kind ``"latent_attention"``, whose sizes are ``config.latent`` (a
+:class:`~companion.nn.latent_attention.LatentShape`); it needs ``positions="rope"``, which then
+rotates ``qk_rope_head_dim`` coordinates (``n_kv_heads`` and ``head_dim`` apply to ``"attention"``
+layers only).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from torch import nn
 from companion.nn.attention import Attention
 from companion.nn.cache import KVCache
 from companion.nn.feedforward import GeluMLP, SwiGLU, default_hidden
+from companion.nn.latent_attention import LatentAttention, LatentShape
+from companion.nn.linear_attention import LinearAttention
 from companion.nn.norms import make_norm
 from companion.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, alibi_slopes
 from companion.nn.rope_scaling import RopeScaling, rope_frequencies
@@ -72,6 +80,7 @@ class DecoderConfig:
     feedforwards: tuple[str, ...] | None = None  # per layer; None: (ffn,) * n_layers
     init_std: float = 0.02
     embed_scale: float = 1.0               # token embeddings are multiplied by this (Vaswani et al.: sqrt(width))
+    latent: LatentShape | None = None      # the sizes of "latent_attention" layers (MLA); None: no such layer
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "width", "n_layers", "n_heads"):
@@ -81,18 +90,18 @@ class DecoderConfig:
         kv = self.kv_heads
         if kv < 1 or self.n_heads % kv:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
-        if self.head_dim is None and self.width % self.n_heads:
+        if self.head_dim is None and self.width % self.n_heads and not self.only_latent:
             raise ValueError(f"width ({self.width}) must be divisible by n_heads ({self.n_heads}), or give head_dim")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
-        if self.positions == "rope" and self.dim_per_head % 2:
-            raise ValueError(f"rotary positions need an even head_dim, got {self.dim_per_head}")
+        if self.positions == "rope" and self.rope_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.rope_dim}")
         if self.rope_scaling is not None:
             if not isinstance(self.rope_scaling, RopeScaling):
                 raise ValueError(f"rope_scaling must be a RopeScaling or None, got {type(self.rope_scaling).__name__}")
             if self.positions != "rope":
                 raise ValueError(f"rope_scaling needs positions='rope', got positions={self.positions!r}")
-            rope_frequencies(self.dim_per_head, self.rope_base, self.rope_scaling)  # raises if it cannot apply
+            rope_frequencies(self.rope_dim, self.rope_base, self.rope_scaling)  # raises if it cannot apply
         if (isinstance(self.embed_scale, bool) or not isinstance(self.embed_scale, (int, float))
                 or not math.isfinite(self.embed_scale) or self.embed_scale <= 0):
             raise ValueError(f"embed_scale must be a positive number, got {self.embed_scale!r}")
@@ -105,6 +114,22 @@ class DecoderConfig:
             unknown = sorted(set(kinds) - set(registry))
             if unknown:
                 raise ValueError(f"unknown {name} {unknown}; registered: {sorted(registry)}")
+        if self.latent is not None or "latent_attention" in self.layer_mixers:
+            self._check_latent()
+
+    def _check_latent(self) -> None:
+        """``latent`` is set exactly when some layer is ``"latent_attention"``, with rotary positions."""
+        if self.latent is None:
+            raise ValueError("mixers 'latent_attention' need latent, a LatentShape, got None")
+        if not isinstance(self.latent, LatentShape):
+            raise ValueError(f"latent must be a LatentShape or None, got {type(self.latent).__name__}")
+        if "latent_attention" not in self.layer_mixers:
+            raise ValueError("latent is set but no layer is 'latent_attention'; expected latent=None")
+        if self.positions != "rope":
+            raise ValueError(f"latent attention rotates its decoupled key with RoPE: expected positions='rope', "
+                             f"got {self.positions!r}")
+        if self.rope_scaling is not None:
+            rope_frequencies(self.latent.qk_rope_head_dim, self.rope_base, self.rope_scaling)
 
     @property
     def kv_heads(self) -> int:
@@ -113,6 +138,17 @@ class DecoderConfig:
     @property
     def dim_per_head(self) -> int:
         return self.width // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def only_latent(self) -> bool:
+        """Whether every layer is latent attention (then ``n_kv_heads`` and ``head_dim`` play no part)."""
+        return isinstance(self.latent, LatentShape) and all(kind == "latent_attention" for kind in self.layer_mixers)
+
+    @property
+    def rope_dim(self) -> int:
+        """The rotary dimension of the decoder's shared RoPE: ``latent.qk_rope_head_dim`` when every
+        layer is latent attention, else ``dim_per_head``."""
+        return self.latent.qk_rope_head_dim if self.only_latent else self.dim_per_head
 
     @property
     def hidden(self) -> int:
@@ -134,6 +170,27 @@ def _attention(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) 
                      alibi_slopes=slopes)
 
 
+def _latent_attention(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> nn.Module:
+    """Multi-head latent attention (DeepSeek-V2) with ``config.latent``'s sizes and ``config.n_heads`` heads."""
+    shape = config.latent
+    if rope is None or rope.head_dim != shape.qk_rope_head_dim:  # beside "attention" layers: a RoPE of its own
+        rope = RotaryEmbedding(shape.qk_rope_head_dim, config.rope_base, max_positions=config.max_positions,
+                               scaling=config.rope_scaling)
+    return LatentAttention(config.width, config.n_heads, shape, rope=rope, layer_index=index,
+                           bias=config.attention_bias, window=config.window)
+
+
+def _linear_attention(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> nn.Module:
+    """Linear attention (Katharopoulos et al. 2020): ``config.n_heads`` heads of ``config.dim_per_head``.
+
+    It uses no rotary positions (order enters through the causal running sums); a decoder of only
+    linear-attention layers gets positions from ``config.positions`` (``"learned"``, ``"sinusoidal"``)
+    or none at all (``"none"``); with ``"rope"`` the rotation is simply not applied in these layers.
+    """
+    return LinearAttention(config.width, config.n_heads, head_dim=config.dim_per_head, bias=config.attention_bias,
+                           layer_index=index)
+
+
 def _swiglu(config: DecoderConfig, index: int) -> nn.Module:
     return SwiGLU(config.width, config.hidden, bias=config.mlp_bias)
 
@@ -145,7 +202,8 @@ def _gelu(config: DecoderConfig, index: int) -> nn.Module:
 # Registries of the parts a layer can use. A mixer is built as ``MIXERS[kind](config, layer, rope)``
 # and called as ``mixer(x, positions, cache, return_weights) -> (y, weights or None)``; a
 # feed-forward is built as ``FEEDFORWARDS[kind](config, layer)`` and called as ``ffn(x) -> y``.
-MIXERS: dict[str, Callable[..., nn.Module]] = {"attention": _attention}
+MIXERS: dict[str, Callable[..., nn.Module]] = {"attention": _attention, "latent_attention": _latent_attention,
+                                                "linear_attention": _linear_attention}
 FEEDFORWARDS: dict[str, Callable[..., nn.Module]] = {"swiglu": _swiglu, "gelu": _gelu}
 
 
@@ -188,7 +246,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.width)
-        self.rope = (RotaryEmbedding(config.dim_per_head, config.rope_base, max_positions=config.max_positions,
+        self.rope = (RotaryEmbedding(config.rope_dim, config.rope_base, max_positions=config.max_positions,
                                      scaling=config.rope_scaling)
                      if config.positions == "rope" else None)
         if config.positions == "learned":

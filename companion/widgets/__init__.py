@@ -5,11 +5,13 @@ responds in JupyterLab, on Colab and in the static site alike. Python only sets 
 """
 
 from companion.widgets.attention_explorer import AttentionExplorer, display_token, top_attended
+from companion.widgets.flash_stepper import FlashStepper, online_softmax_steps, softmax_attention
 from companion.widgets.kv_cache import KVCacheCalculator, kv_bytes_per_token, kv_cache_bytes, tokens_that_fit
 from companion.widgets.mask_explorer import MaskExplorer, describe_query, mask_matrix
 from companion.widgets.rope_dial import RopeDial, rope_angles
 from companion.widgets.sequence_cost import SequenceCost, sequence_costs
 
-__all__ = ["AttentionExplorer", "KVCacheCalculator", "MaskExplorer", "RopeDial", "SequenceCost", "describe_query",
-           "display_token", "kv_bytes_per_token", "kv_cache_bytes", "mask_matrix", "rope_angles", "sequence_costs",
-           "tokens_that_fit", "top_attended"]
+__all__ = ["AttentionExplorer", "FlashStepper", "KVCacheCalculator", "MaskExplorer", "RopeDial", "SequenceCost",
+           "describe_query", "display_token", "kv_bytes_per_token", "kv_cache_bytes", "mask_matrix",
+           "online_softmax_steps", "rope_angles", "sequence_costs", "softmax_attention", "tokens_that_fit",
+           "top_attended"]
