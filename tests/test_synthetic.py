@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.data import associative_recall_task, order_task, passkey_task, recall_task
+from companion.data import associative_recall_task, order_task, pair_lookup_task, passkey_task, recall_task
 
 A, B = 0, 1
 
@@ -266,3 +266,41 @@ def test_multi_query_recall_asks_distinct_keys_and_answers_them(n, pairs, data, 
 def test_multi_query_recall_rejects_bad_query_counts(queries):
     with pytest.raises(ValueError, match="queries"):
         associative_recall_task(4, pairs=3, vocab_size=8, queries=queries)
+
+
+# ------------------------------------------------------------------------------ pair_lookup_task
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 5), data=st.data(), seed=st.integers(0, 2**31 - 1))
+def test_pair_lookup_answers_each_query_with_its_stored_value(n, data, seed):
+    keys, values = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 6))
+    pairs = data.draw(st.integers(1, keys))
+    queries = data.draw(st.integers(1, pairs))
+    inputs, targets = pair_lookup_task(n, pairs=pairs, queries=queries, keys=keys, values=values,
+                                       generator=seeded(seed))
+    assert inputs.shape == targets.shape == (n, pairs + queries)
+    assert int(inputs.max()) < keys * values + keys and int(targets.max()) < keys * values + keys + values
+    for row, target in zip(inputs.tolist(), targets.tolist()):
+        stored = {token // values: token % values for token in row[:pairs]}  # key -> value
+        assert len(stored) == pairs and all(token < keys * values for token in row[:pairs])
+        asked = [token - keys * values for token in row[pairs:]]
+        assert len(set(asked)) == queries and set(asked) <= set(stored)
+        assert target[:pairs] == [-100] * pairs
+        assert target[pairs:] == [keys * values + keys + stored[key] for key in asked]
+
+
+def test_pair_lookup_is_reproducible_and_uses_every_value():
+    first = pair_lookup_task(500, pairs=8, queries=3, generator=seeded(1))
+    again = pair_lookup_task(500, pairs=8, queries=3, generator=seeded(1))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    answers = first[1][:, 8:] - (64 * 8 + 64)
+    assert set(answers.flatten().tolist()) == set(range(8))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"n": 0}, "n must"), ({"pairs": 0}, "pairs"), ({"queries": 0}, "queries"), ({"keys": 1.5}, "keys"),
+    ({"values": True}, "values"), ({"pairs": 65}, "pairs must be at most keys"), ({"queries": 5}, "queries must be at most"),
+])
+def test_pair_lookup_rejects_bad_arguments(kwargs, name):
+    arguments = {"n": 2, "pairs": 4} | kwargs
+    with pytest.raises(ValueError, match=name):
+        pair_lookup_task(**arguments)

@@ -160,3 +160,43 @@ def associative_recall_task(n: int, *, pairs: int, vocab_size: int, key_vocab: i
     targets = torch.full_like(inputs, IGNORE_INDEX)
     targets[:, 2 * pairs::2] = answers
     return inputs, targets
+
+
+def pair_lookup_task(n: int, *, pairs: int, queries: int = 1, keys: int = 64, values: int = 8,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Associative recall with each key-value pair written as one token: store ``pairs``, answer ``queries``.
+
+    :func:`associative_recall_task` writes a pair as two tokens, so a model must first learn to
+    connect each value with the key before it (a previous-token head) and only then to look keys
+    up: a two-step circuit that small models learn only after a long plateau. Here each pair is a
+    single token, so the task measures the lookup alone: can the sequence mixer retrieve, for a
+    query, the one stored item that matches it, among ``pairs`` items? Attention can look every
+    item up; a fixed-size state (linear attention, state space models) must hold them all at once,
+    and a sliding window holds only the last few (Arora et al. 2023, "Zoology").
+
+    Token ids: the pair of key ``a`` and value ``b`` is ``a * values + b`` (``0 .. keys * values
+    - 1``); the query for key ``a`` is ``keys * values + a``; the answer ``b`` is the token
+    ``keys * values + keys + b``. So ``vocab_size = keys * values + keys + values``. Each row is::
+
+        pair_1 ... pair_pairs query_1 ... query_queries     (pairs + queries tokens)
+
+    with distinct keys among a row's pairs, values drawn independently (repeats allowed), and
+    ``queries`` distinct stored keys asked in random order. Returns ``inputs`` ``(n, pairs +
+    queries)`` and ``targets`` of the same shape: ``-100`` (skipped by ``F.cross_entropy``) except at
+    the query positions, which hold the answer tokens. Chance accuracy is ``1 / values``.
+    """
+    _check_positive(n=n, pairs=pairs, queries=queries, keys=keys, values=values)
+    if pairs > keys:
+        raise ValueError(f"pairs must be at most keys (the keys of a row are distinct), got pairs={pairs}, keys={keys}")
+    if queries > pairs:
+        raise ValueError(f"queries must be at most pairs (distinct stored keys are asked), "
+                         f"got queries={queries}, pairs={pairs}")
+    stored = torch.argsort(torch.rand(n, keys, generator=generator), dim=1)[:, :pairs]
+    stored_values = torch.randint(0, values, (n, pairs), generator=generator)
+    asked = torch.argsort(torch.rand(n, pairs, generator=generator), dim=1)[:, :queries]
+    pair_tokens = stored * values + stored_values
+    query_tokens = keys * values + stored.gather(1, asked)
+    inputs = torch.cat((pair_tokens, query_tokens), dim=1)
+    targets = torch.full_like(inputs, IGNORE_INDEX)
+    targets[:, pairs:] = keys * values + keys + stored_values.gather(1, asked)
+    return inputs, targets

@@ -30,10 +30,11 @@ query head ``h``::
   passes back exactly zero gradient, never NaN.
 
 The file follows the kernels' layout (DESIGN.md, "Kernels"): the reference in plain PyTorch, the
-Triton kernel (added by a later issue as ``backend="triton"``), the autograd wrapper, the input
-validation, and one public dispatching function, :func:`attention`. Every invalid argument raises
-``ValueError`` (wrong Python types included, so that one ``except`` catches them all), with a
-message that says what was expected.
+Triton kernel with its autograd wrapper (``backend="triton"``: FlashAttention-2, Dao 2023, in its
+own file, :mod:`companion.kernels.flash_attention`), the input validation, and one public
+dispatching function, :func:`attention`. Every invalid argument raises ``ValueError`` (wrong Python
+types included, so that one ``except`` catches them all), with a message that says what was
+expected.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ import numbers
 
 import torch
 import torch.nn.functional as F
+
+from companion.kernels import flash_attention
 
 __all__ = ["BACKENDS", "attention", "attention_mask", "attention_reference"]
 
@@ -195,11 +198,11 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
 
 
 # --------------------------------------------------------------------------------------------------
-# The Triton kernel and its autograd wrapper: added by a later issue as backend="triton". It will
-# register itself in _BACKEND_FUNCTIONS below, and "auto" will choose it for CUDA tensors when
-# triton is installed (companion.device.triton_installed). Until then the reference's own autograd
-# is the backward pass: its explicit path already gives exactly zero, finite gradients for queries
-# that see no key, so no custom autograd.Function is needed yet.
+# The Triton kernel and its autograd wrapper live in companion/kernels/flash_attention.py
+# (FlashAttention-2, forward and backward): registered below as backend="triton", which "auto"
+# chooses for CUDA tensors when triton is installed and the inputs are supported
+# (flash_attention.unsupported). The reference's own autograd is its backward pass: its explicit
+# path already gives exactly zero, finite gradients for queries that see no key.
 # --------------------------------------------------------------------------------------------------
 
 
@@ -280,19 +283,25 @@ def _validate(q: object, k: object, v: object, causal: object, scale: object, wi
 # The public function.
 # --------------------------------------------------------------------------------------------------
 
-_BACKEND_FUNCTIONS = {"reference": attention_reference}
+_BACKEND_FUNCTIONS = {"reference": attention_reference, "triton": flash_attention.attention_triton}
 BACKENDS = ("auto", *_BACKEND_FUNCTIONS)
 
 
-def _choose_backend(backend: object, q: torch.Tensor) -> str:
+def _choose_backend(backend: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    alibi_slopes: torch.Tensor | None) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"attention: expected backend to be one of {', '.join(map(repr, BACKENDS))}, "
                          f"got {backend!r}")
     if backend == "auto":
-        # the Triton kernel, once it exists, for CUDA tensors when triton is installed
-        if "triton" in _BACKEND_FUNCTIONS and q.is_cuda:
+        # the Triton kernel for CUDA tensors it supports (triton installed; float16, bfloat16 or
+        # float32; head_dim <= 256; ALiBi slopes that need no gradient), otherwise the reference
+        if q.is_cuda and flash_attention.unsupported(q, k, v, alibi_slopes) is None:
             return "triton"
         return "reference"
+    if backend == "triton":
+        reason = flash_attention.unsupported(q, k, v, alibi_slopes)
+        if reason is not None:
+            raise ValueError(reason)
     return backend
 
 
@@ -312,14 +321,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         window: an int ``W >= 1``; with ``causal`` keeps ``p_i - W < j <= p_i`` (Mistral's sliding
             window, Jiang et al. 2023), without it ``|p_i - j| < W`` (Beltagy et al. 2020).
         alibi_slopes: ``(q_heads,)``; adds ``-slope[h] * |p_i - j|`` after scaling (Press et al. 2022).
-        backend: ``"auto"`` (the Triton kernel on CUDA once it exists, otherwise the reference) or
-            ``"reference"`` (:func:`attention_reference`); see :data:`BACKENDS`.
+        backend: ``"auto"`` (the Triton kernel for CUDA tensors when triton is installed and the
+            inputs are supported, otherwise the reference), ``"reference"``
+            (:func:`attention_reference`) or ``"triton"`` (FlashAttention-2, Dao et al. 2022, Dao
+            2023: :func:`companion.kernels.flash_attention.attention_triton`; on CUDA, or on the CPU
+            under Triton's interpreter; float16, bfloat16 or float32, ``head_dim <= 256``, and
+            ``alibi_slopes`` that do not require grad: it gives them none). See :data:`BACKENDS`.
 
-    Returns the output in ``q``'s dtype (float16/bfloat16 are computed in float32). A query that
-    sees no key gets zeros and passes back zero gradient. Any invalid argument raises
-    ``ValueError`` naming what was expected. See the module docstring for the formula.
+    Returns the output in ``q``'s dtype (float16/bfloat16 are computed in float32 by the reference;
+    the Triton kernel multiplies them in their own precision and accumulates in float32). A query
+    that sees no key gets zeros and passes back zero gradient. Any invalid argument raises
+    ``ValueError`` naming what was expected, and so do inputs that ``backend="triton"`` does not
+    support. See the module docstring for the formula.
     """
     _validate(q, k, v, causal, scale, window, alibi_slopes)
-    chosen = _choose_backend(backend, q)
+    chosen = _choose_backend(backend, q, k, v, alibi_slopes)
     return _BACKEND_FUNCTIONS[chosen](q, k, v, causal=causal, scale=scale, window=window,
                                       alibi_slopes=alibi_slopes)
