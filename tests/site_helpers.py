@@ -615,3 +615,81 @@ def check_kv_cache(page: Page, root: Locator, state: dict) -> None:
     root.locator(f'.ab-kv-model-row[data-model="{name}"]').click()
     expect(controls["model"], f"clicking the row of {name}").to_have_value(name, timeout=5_000)
     agrees_with_python(f"clicked {name}")
+
+
+# ------------------------------------------------------------- The FlashAttention stepper (FlashStepper)
+@widget_check(".ab-flash")
+def check_flash_stepper(page: Page, root: Locator, state: dict) -> None:
+    """The buttons, the slider, the causal switch and the tile-size menu: at every step the running
+    m, l, rescale factor, o and o / l of each query row agree with ``online_softmax_steps``, the
+    current tile is highlighted, and after the last tile o / l is ``softmax_attention`` (checked ✔)."""
+    from companion.widgets.flash_stepper import (CHECK_TOLERANCE, format_value, online_softmax_steps,
+                                                 softmax_attention, tile_count)
+
+    q, k, v, start = state["q"], state["k"], state["v"], state["query_start"]
+    where, slider, causal_box = root.locator(".ab-flash-where"), root.locator(".ab-flash-step"), root.locator(".ab-flash-causal")
+    block_menu, check = root.locator(".ab-flash-block"), root.locator(".ab-flash-check")
+
+    def agrees_with_python(what: str, step: int, causal: bool, block_k: int) -> None:
+        tiles = tile_count(len(k), block_k)
+        expect(where, what).to_have_text(f"{step} of {tiles} tiles done", timeout=5_000)
+        assert (slider.input_value(), slider.get_attribute("max")) == (str(step), str(tiles)), what
+        assert causal_box.is_checked() == causal and block_menu.input_value() == str(block_k), what
+        steps = online_softmax_steps(q, k, v, block_k, causal=causal, query_start=start)
+        if step == 0:
+            expected = {"m": [[float("-inf")]] * len(q), "l": [[0.0]] * len(q), "o": [[0.0] * len(q[0])] * len(q)}
+        else:
+            s = steps[step - 1]
+            expected = {"m": [[x] for x in s["m"]], "l": [[x] for x in s["l"]], "rescale": [[x] for x in s["rescale"]],
+                        "o": s["o"], "out": s["out"]}
+            keys = root.locator(".ab-flash-score.ab-flash-current").evaluate_all("cs => cs.map(c => Number(c.dataset.key))")
+            assert keys == list(range(s["start"], s["stop"])) * len(q), f"{what}: the current tile is {keys}"
+            grew = sum(old > float("-inf") and m > old for m, old in zip(s["m"], s["m_old"]))
+            if not s["skipped"]:
+                assert root.locator(".ab-flash-rescaled-count").text_content() == str(grew), what
+        for cls, rows in expected.items():
+            cells = root.locator(".ab-flash-row").evaluate_all(
+                "(rs, cls) => rs.map(r => [...r.querySelectorAll('.ab-flash-' + cls)].map(c => [c.textContent, c.dataset.value]))", cls)
+            shown = [[float(value) for _, value in row] for row in cells]
+            assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12) or a == b
+                       for ra, rb in zip(shown, rows) for a, b in zip(ra, rb)) and len(shown) == len(rows), (
+                f"{what}: {cls} is {shown}, Python gives {rows}")
+            texts = [[text for text, _ in row] for row in cells]
+            assert texts == [[format_value(x) for x in row] for row in rows], f"{what}: {cls} shows {texts}"
+        if step == tiles:
+            expect(check, f"{what}: the check").to_have_class(re.compile(r"\bab-flash-ok\b"), timeout=5_000)
+            result = root.locator(".ab-flash-check-result")
+            assert result.text_content().endswith("\u2714") and float(result.get_attribute("data-value")) < CHECK_TOLERANCE
+            refs = root.locator(".ab-flash-ref").evaluate_all("cs => cs.map(c => Number(c.dataset.value))")
+            reference = [x for row in softmax_attention(q, k, v, causal=causal, query_start=start) for x in row]
+            assert len(refs) == len(reference) and all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+                                                       for a, b in zip(refs, reference)), f"{what}: the reference row"
+        else:
+            expect(check, f"{what}: the check").to_have_class(re.compile(r"\bab-flash-pending\b"), timeout=5_000)
+
+    causal, block_k = state["causal"], state["block_k"]
+    tiles = tile_count(len(k), block_k)
+    agrees_with_python("as stored", state["step"], causal, block_k)
+    if state["step"] > 0:  # (at step 0 the backward buttons are disabled)
+        root.locator(".ab-flash-first").click()
+        agrees_with_python("at the start", 0, causal, block_k)
+    assert root.locator(".ab-flash-prev").is_disabled() and root.locator(".ab-flash-first").is_disabled()
+    for step in range(1, tiles + 1):  # every tile, with the "next tile" button
+        root.locator(".ab-flash-next").click()
+        agrees_with_python(f"after next tile {step}", step, causal, block_k)
+    assert root.locator(".ab-flash-next").is_disabled()
+    causal_box.set_checked(not causal)  # the mask switched: the same step, other numbers, still o / l = softmax
+    causal = not causal
+    agrees_with_python(f"causal {causal}", tiles, causal, block_k)
+    if causal:
+        masked = root.locator(".ab-flash-score.ab-flash-masked").count()
+        assert masked == sum(max(0, len(k) - 1 - (start + i)) for i in range(len(q))), f"{masked} masked scores"
+    other = 3 if block_k != 3 else 2  # another tile size, at the end: the widget stays at the end
+    block_menu.select_option(str(other))
+    agrees_with_python(f"tile size {other}", tile_count(len(k), other), causal, other)
+    slider.fill("1")
+    agrees_with_python("slider at 1", 1, causal, other)
+    root.locator(".ab-flash-prev").click()
+    agrees_with_python("previous", 0, causal, other)
+    root.locator(".ab-flash-last").click()
+    agrees_with_python("end", tile_count(len(k), other), causal, other)
