@@ -693,3 +693,163 @@ def check_flash_stepper(page: Page, root: Locator, state: dict) -> None:
     agrees_with_python("previous", 0, causal, other)
     root.locator(".ab-flash-last").click()
     agrees_with_python("end", tile_count(len(k), other), causal, other)
+
+
+# ------------------------------------------------------------------- The routing view (RoutingView)
+def css_rgb(hex_color: str) -> str:
+    """``#RRGGBB`` as a computed CSS colour, ``rgb(r, g, b)``."""
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+@widget_check(".ab-route")
+def check_routing_view(page: Page, root: Locator, state: dict) -> None:
+    """The layer buttons, the top-1/top-2 switch, clicks on the experts' legend (again to clear, and
+    Escape), hovering and focusing tokens: every token's colour bands (experts, colours, widths), the
+    highlighted and dimmed tokens, the load bars and shares and the readout agree with the Python
+    twins in ``companion.widgets.routing_view`` on the stored routing."""
+    from companion.widgets import display_token
+    from companion.widgets.routing_view import (EXPERT_COLORS, EXPERT_STRIPED, SHOW, band_widths, decode_choices,
+                                                decode_weights, describe_token, expert_counts, format_share,
+                                                readout_text, routed_tokens, top_of)
+
+    tokens, experts, top_k, layers = state["tokens"], state["experts"], state["top_k"], state["layers"]
+    choices, weights = decode_choices(state["choices"]), decode_weights(state["weights"])  # the stored form
+    T = len(tokens)
+    layer_buttons, show_buttons = root.locator(".ab-route-layer"), root.locator(".ab-route-show .ab-route-button")
+    legend, chips, readout = root.locator(".ab-route-legend-item"), root.locator(".ab-route-tok"), root.locator(".ab-route-readout")
+    away = root.locator(".ab-route-controls")  # where the pointer rests when no token is hovered
+
+    def flags(buttons: Locator) -> list[bool]:
+        return buttons.evaluate_all("bs => bs.map(b => b.getAttribute('aria-pressed') === 'true')")
+
+    def pressed(buttons: Locator, what: str) -> int:
+        on = [i for i, flag in enumerate(flags(buttons)) if flag]
+        assert len(on) == 1, f"{what} buttons pressed: {on} (of {buttons.count()})"
+        return on[0]
+
+    def shown_view() -> tuple[int, str, int]:
+        layer = pressed(layer_buttons, "layer")
+        show = show_buttons.nth(pressed(show_buttons, "show")).get_attribute("data-show")
+        highlighted = [e for e, flag in enumerate(flags(legend)) if flag]
+        assert len(highlighted) <= 1, f"experts highlighted in the legend: {highlighted}"
+        return layer, show, highlighted[0] if highlighted else -1
+
+    def agrees_with_python(what: str, view: tuple[int, str, int] | None = None, token: int | None = None) -> None:
+        layer, show, expert = shown_view()
+        if view is not None:
+            assert (layer, show, expert) == view, f"{what}: the widget shows (layer, show, expert) = " \
+                                                  f"{(layer, show, expert)}, expected {view}"
+        top, c, u = top_of(show), choices[layer], weights[layer]
+        hit = set(routed_tokens(c, expert, top)) if expert >= 0 else set()
+        drawn = chips.evaluate_all("""cs => cs.map(c => ({
+            text: c.querySelector('.ab-route-text').textContent, title: c.title,
+            hit: c.classList.contains('ab-route-hit'), dim: c.classList.contains('ab-route-dim'),
+            inner: c.querySelector('.ab-route-bands').getBoundingClientRect().width,
+            bands: [...c.querySelectorAll('.ab-route-band')].map(b => ({expert: Number(b.dataset.expert),
+              width: Number(b.dataset.width), color: getComputedStyle(b).backgroundColor,
+              striped: b.classList.contains('ab-route-striped'), px: b.getBoundingClientRect().width}))}))""")
+        assert len(drawn) == T, f"{what}: {len(drawn)} tokens drawn for {T} tokens"
+        for t, chip in enumerate(drawn):
+            where = f"{what}: layer {layer}, {show}, token {t}"
+            expected = list(zip(c[t][:top], band_widths(u[t], top)))
+            bands = [(b["expert"], b["width"]) for b in chip["bands"]]
+            assert bands == expected, f"{where}: bands (expert, width %) {bands}, Python gives {expected}"
+            for b in chip["bands"]:
+                e = b["expert"]
+                assert b["color"] == css_rgb(EXPERT_COLORS[e]) and b["striped"] == EXPERT_STRIPED[e], (
+                    f"{where}: expert {e}'s band is {b['color']} (striped: {b['striped']}), not {EXPERT_COLORS[e]}")
+                assert abs(b["px"] - b["width"] / 100 * chip["inner"]) < 1.0, (
+                    f"{where}: expert {e}'s band is {b['px']:.1f} px of {chip['inner']:.1f}, not {b['width']:.2f}%")
+            assert (chip["hit"], chip["dim"]) == (expert >= 0 and t in hit, expert >= 0 and t not in hit), (
+                f"{where}: highlighted {chip['hit']}, dimmed {chip['dim']}; expert {expert} has tokens {sorted(hit)}")
+            assert chip["title"] == describe_token(tokens[t], t, c[t], u[t], layer), f"{where}: tooltip {chip['title']!r}"
+        rows = root.locator(".ab-route-expert").evaluate_all("""rs => rs.map(r => {
+            const bar = r.querySelector('.ab-route-bar'), track = r.querySelector('.ab-route-track');
+            return {count: Number(bar.dataset.count), width: Number(bar.dataset.width),
+              share: r.querySelector('.ab-route-share').textContent, muted: r.classList.contains('ab-route-muted'),
+              px: bar.getBoundingClientRect().width, track: track.getBoundingClientRect().width,
+              color: getComputedStyle(bar).backgroundColor}; })""")
+        counts = expert_counts(c, experts, top)
+        assert [r["count"] for r in rows] == counts, f"{what}: loads {[r['count'] for r in rows]}, Python gives {counts}"
+        assert [r["width"] for r in rows] == [100 * n / T for n in counts], f"{what}: bar widths {[r['width'] for r in rows]}"
+        assert [r["share"] for r in rows] == [format_share(n, T) for n in counts], f"{what}: shares {[r['share'] for r in rows]}"
+        assert [r["muted"] for r in rows] == [expert >= 0 and e != expert for e in range(experts)], f"{what}: muted rows"
+        for e, r in enumerate(rows):
+            assert abs(r["px"] - r["width"] / 100 * r["track"]) < 1.0 and r["color"] == css_rgb(EXPERT_COLORS[e]), (
+                f"{what}: expert {e}'s load bar is {r['px']:.1f} px of {r['track']:.1f} in {r['color']}")
+        text = readout_text(tokens, c, u, layer, experts, show, expert, token)
+        expect(readout, f"{what}: the readout").to_have_text(text, timeout=5_000)
+
+    # As stored.
+    texts = chips.evaluate_all("cs => cs.map(c => c.querySelector('.ab-route-text').textContent)")
+    assert texts == [display_token(t) for t in tokens], f"the tokens show {texts}, the tokens are {tokens}"
+    assert (layer_buttons.count(), legend.count()) == (layers, experts), (
+        f"{layer_buttons.count()} layer buttons and {legend.count()} experts for a routing of {layers} x {experts}")
+    disabled = show_buttons.evaluate_all("bs => bs.map(b => b.disabled)")
+    assert disabled == [False, top_k < 2], f"the top-1/top-2 buttons' disabled flags are {disabled} with top_k={top_k}"
+    away.hover()
+    view = (state["layer"], state["show"], state["expert"])
+    agrees_with_python("as stored", view)
+
+    # Another layer.
+    if layers > 1:
+        other = layers - 1 if view[0] != layers - 1 else 0
+        layer_buttons.nth(other).click()
+        expect(layer_buttons.nth(other), f"layer button {other} was not pressed").to_have_attribute("aria-pressed", "true")
+        view = (other, view[1], view[2])
+        agrees_with_python(f"after choosing layer {other}", view)
+
+    # The other display, then back; each time with the bands and the loads of the new display.
+    if top_k == 2:
+        for show in (SHOW[1] if view[1] == SHOW[0] else SHOW[0], view[1]):
+            show_buttons.nth(SHOW.index(show)).click()
+            expect(show_buttons.nth(SHOW.index(show)), f"{show} was not pressed").to_have_attribute("aria-pressed", "true")
+            view = (view[0], show, view[2])
+            agrees_with_python(f"after choosing {show}", view)
+            if show != SHOW[1]:
+                continue
+            for t in range(T):  # top-2: two bands, whose widths sum to the token's
+                widths = band_widths(weights[view[0]][t], 2)
+                assert abs(sum(widths) - 100) < 1e-9, f"token {t}: band widths {widths}"
+    else:
+        show_buttons.nth(1).click(force=True)  # disabled: nothing changes
+        agrees_with_python("after clicking the disabled top-2 button", view)
+
+    # Highlight the expert with the most tokens in the shown layer, clear it, highlight, Escape.
+    counts = expert_counts(choices[view[0]], experts, top_of(view[1]))
+    busiest = max(range(experts), key=lambda e: (counts[e], -e))
+    for _ in range(3 if view[2] != busiest else 2):  # a click highlights the expert, the next clears it
+        legend.nth(busiest).click()
+        away.hover()
+        view = (view[0], view[1], -1 if view[2] == busiest else busiest)
+        agrees_with_python(f"after clicking expert {busiest} (highlight {view[2]})", view)
+        dimmed = root.locator(".ab-route-tok.ab-route-dim").count()
+        assert dimmed == (T - counts[busiest] if view[2] >= 0 else 0), f"{dimmed} tokens dimmed"
+    if layers > 1:  # the highlight follows the layer
+        other = (view[0] + 1) % layers
+        layer_buttons.nth(other).click()
+        view = (other, view[1], view[2])
+        agrees_with_python(f"expert {busiest} highlighted, layer {other}", view)
+    legend.nth(busiest).press("Escape")
+    view = (view[0], view[1], -1)
+    agrees_with_python("after Escape", view)
+
+    # Hover a token, then leave: the readout describes it, then the layer again.
+    for t in sorted({0, T // 2, T - 1}):
+        chips.nth(t).hover()
+        expect(readout, f"hovering token {t}").to_have_attribute("data-token", str(t), timeout=5_000)
+        agrees_with_python(f"hovering token {t}", view, token=t)
+    away.hover()
+    expect(readout, "the pointer left the tokens").to_have_attribute("data-token", "", timeout=5_000)
+    agrees_with_python("after the pointer left", view)
+
+    # Focus a token from the keyboard, and move with the arrow keys.
+    chips.nth(0).focus()
+    agrees_with_python("token 0 focused", view, token=0)
+    if T > 1:
+        chips.nth(0).press("ArrowRight")
+        expect(chips.nth(1), "ArrowRight did not move the focus").to_be_focused()
+        agrees_with_python("token 1 focused", view, token=1)
+    layer_buttons.nth(view[0]).focus()  # the focus leaves the tokens
+    agrees_with_python("after the focus left", view)

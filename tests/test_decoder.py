@@ -96,7 +96,7 @@ def test_per_layer_pattern_picks_parts_per_layer():
 @pytest.mark.parametrize("bad, message", [
     (dict(width=30, n_heads=4), "divisible"), (dict(n_kv_heads=3), "multiple"),
     (dict(positions="relative"), "positions"), (dict(norm_position="middle"), "norm_position"),
-    (dict(mixers=("attention",)), "one part per layer"), (dict(feedforwards=("moe", "moe")), "unknown"),
+    (dict(mixers=("attention",)), "one part per layer"), (dict(feedforwards=("hash_moe", "hash_moe")), "unknown"),
     (dict(vocab_size=0), "vocab_size"), (dict(head_dim=5), "even head_dim"),
 ])
 def test_bad_configs_raise(bad, message):

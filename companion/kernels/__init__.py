@@ -4,10 +4,13 @@
 grouped-query heads; ``attention_mask`` is its boolean mask rule. ``rotary`` applies rotary position
 embeddings (RoPE) to queries and keys in one pass. ``tiled_attention`` computes ``attention`` the
 way FlashAttention does (tiles of keys, an online softmax) in plain PyTorch, for teaching.
+``grouped_matmul`` multiplies each group of rows (tokens sorted by expert) by its own weight
+matrix: the core of mixture-of-experts dispatch.
 """
 
 from companion.kernels.attention import attention, attention_mask
+from companion.kernels.grouped_matmul import grouped_matmul
 from companion.kernels.rotary import rotary
 from companion.kernels.tiled_attention import tiled_attention
 
-__all__ = ["attention", "attention_mask", "rotary", "tiled_attention"]
+__all__ = ["attention", "attention_mask", "grouped_matmul", "rotary", "tiled_attention"]

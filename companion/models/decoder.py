@@ -27,6 +27,12 @@ kind ``"latent_attention"``, whose sizes are ``config.latent`` (a
 :class:`~companion.nn.latent_attention.LatentShape`); it needs ``positions="rope"``, which then
 rotates ``qk_rope_head_dim`` coordinates (``n_kv_heads`` and ``head_dim`` apply to ``"attention"``
 layers only).
+
+A mixture of experts (chapter 6, :mod:`companion.nn.moe`) is the feed-forward kind ``"moe"``, whose
+sizes and routing policy are ``config.moe`` (a :class:`~companion.nn.moe.MoEShape`); for example
+``feedforwards=("moe", "swiglu") * 2`` alternates sparse and dense layers. Each MoE layer leaves its
+auxiliary losses on itself after a forward pass: add :func:`~companion.nn.moe.moe_aux_loss` of the
+model to the training loss. (The experts have no biases: ``mlp_bias`` applies to dense layers.)
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from companion.nn.cache import KVCache
 from companion.nn.feedforward import GeluMLP, SwiGLU, default_hidden
 from companion.nn.latent_attention import LatentAttention, LatentShape
 from companion.nn.linear_attention import LinearAttention
+from companion.nn.moe import MoE, MoEShape
 from companion.nn.norms import make_norm
 from companion.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, alibi_slopes
 from companion.nn.rope_scaling import RopeScaling, rope_frequencies
@@ -81,6 +88,7 @@ class DecoderConfig:
     init_std: float = 0.02
     embed_scale: float = 1.0               # token embeddings are multiplied by this (Vaswani et al.: sqrt(width))
     latent: LatentShape | None = None      # the sizes of "latent_attention" layers (MLA); None: no such layer
+    moe: MoEShape | None = None            # the sizes and routing of "moe" feed-forwards; None: no such layer
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "width", "n_layers", "n_heads"):
@@ -116,6 +124,8 @@ class DecoderConfig:
                 raise ValueError(f"unknown {name} {unknown}; registered: {sorted(registry)}")
         if self.latent is not None or "latent_attention" in self.layer_mixers:
             self._check_latent()
+        if self.moe is not None or "moe" in self.layer_feedforwards:
+            self._check_moe()
 
     def _check_latent(self) -> None:
         """``latent`` is set exactly when some layer is ``"latent_attention"``, with rotary positions."""
@@ -130,6 +140,15 @@ class DecoderConfig:
                              f"got {self.positions!r}")
         if self.rope_scaling is not None:
             rope_frequencies(self.latent.qk_rope_head_dim, self.rope_base, self.rope_scaling)
+
+    def _check_moe(self) -> None:
+        """``moe`` is set exactly when some layer's feed-forward is ``"moe"``."""
+        if self.moe is None:
+            raise ValueError("feedforwards 'moe' need moe, a MoEShape, got None")
+        if not isinstance(self.moe, MoEShape):
+            raise ValueError(f"moe must be a MoEShape or None, got {type(self.moe).__name__}")
+        if "moe" not in self.layer_feedforwards:
+            raise ValueError("moe is set but no layer's feed-forward is 'moe'; expected moe=None")
 
     @property
     def kv_heads(self) -> int:
@@ -199,12 +218,18 @@ def _gelu(config: DecoderConfig, index: int) -> nn.Module:
     return GeluMLP(config.width, config.hidden, bias=config.mlp_bias)
 
 
+def _moe(config: DecoderConfig, index: int) -> nn.Module:
+    """A mixture of experts with ``config.moe``'s sizes; GPT-2's initialisation, as the dense layers get."""
+    return MoE(config.width, config.moe, init_std=config.init_std,
+               out_std=config.init_std / (2 * config.n_layers) ** 0.5)
+
+
 # Registries of the parts a layer can use. A mixer is built as ``MIXERS[kind](config, layer, rope)``
 # and called as ``mixer(x, positions, cache, return_weights) -> (y, weights or None)``; a
 # feed-forward is built as ``FEEDFORWARDS[kind](config, layer)`` and called as ``ffn(x) -> y``.
 MIXERS: dict[str, Callable[..., nn.Module]] = {"attention": _attention, "latent_attention": _latent_attention,
                                                 "linear_attention": _linear_attention}
-FEEDFORWARDS: dict[str, Callable[..., nn.Module]] = {"swiglu": _swiglu, "gelu": _gelu}
+FEEDFORWARDS: dict[str, Callable[..., nn.Module]] = {"swiglu": _swiglu, "gelu": _gelu, "moe": _moe}
 
 
 class Block(nn.Module):
@@ -267,6 +292,7 @@ class Decoder(nn.Module):
         std = self.config.init_std
         if isinstance(module, nn.Linear):
             out_proj = any(module is getattr(b.mixer, "out", None) or module is getattr(b.ffn, "down", None)
+                           or module is getattr(getattr(b.ffn, "shared", None), "down", None)  # MoE's shared experts
                            for b in getattr(self, "blocks", []))
             nn.init.normal_(module.weight, std=std / (2 * self.config.n_layers) ** 0.5 if out_proj else std)
             if module.bias is not None:

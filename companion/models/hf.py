@@ -1,7 +1,11 @@
 """Converters from Hugging Face transformers models to the companion's :class:`Decoder`.
 
 ``from_hf(model)`` is the one entry point; it dispatches on the model's class name to a converter
-registered in :data:`CONVERTERS` (later chapters register Mixtral, DeepSeek, Mamba...). Each
+registered in :data:`CONVERTERS`: ``LlamaForCausalLM``; ``MixtralForCausalLM`` (every feed-forward a
+mixture of experts, :mod:`companion.nn.moe`; optional sliding window); ``DeepseekV3ForCausalLM``
+(multi-head latent attention, :mod:`companion.nn.latent_attention`, in every layer; dense SwiGLU
+feed-forwards in the first ``first_k_dense_replace`` layers, then DeepSeek-V3's mixture of experts
+with sigmoid routing, selection bias, group-limited routing and shared experts). Each
 converter maps the configuration field by field, refuses what the companion cannot reproduce
 exactly (with a ``ValueError`` naming it), and copies every weight. RoPE's scalings
 (``config.rope_parameters``) map to :class:`~companion.nn.rope_scaling.RopeScaling` through
@@ -19,6 +23,8 @@ import torch
 from torch import nn
 
 from companion.models.decoder import Decoder, DecoderConfig
+from companion.nn.latent_attention import LatentShape, latent_attention_from_hf
+from companion.nn.moe import moe_from_hf
 from companion.nn.rope_scaling import RopeScaling
 
 CONVERTERS: dict[str, Callable[[nn.Module], Decoder]] = {}
@@ -38,15 +44,20 @@ def register(*class_names: str):
 def from_hf(model: nn.Module) -> Decoder:
     """A companion :class:`Decoder` with the same configuration and weights as ``model``.
 
-    Supported: ``LlamaForCausalLM``, and any class registered in :data:`CONVERTERS`. The result is
-    in eval mode, on the same device and in the same dtype as ``model``.
+    Supported: ``LlamaForCausalLM``, ``MixtralForCausalLM``, ``DeepseekV3ForCausalLM``, and any class
+    registered in :data:`CONVERTERS`. The result is in eval mode, on the same device and in the same
+    dtype as ``model`` (DeepSeek-V3's ``e_score_correction_bias`` stays float32).
     """
     name = type(model).__name__
     if name not in CONVERTERS:
         raise ValueError(f"from_hf does not know {name}; supported: {sorted(CONVERTERS)}")
     decoder = CONVERTERS[name](model)
     param = next(model.parameters())
-    return decoder.to(device=param.device, dtype=param.dtype).eval()
+    decoder = decoder.to(device=param.device, dtype=param.dtype).eval()
+    for module in decoder.modules():  # DeepSeek-V3's selection bias stays float32, as in transformers
+        if getattr(module, "e_score_correction_bias", None) is not None:
+            module.e_score_correction_bias = module.e_score_correction_bias.float()
+    return decoder
 
 
 def rope_from_config(config) -> tuple[float, RopeScaling | None]:
@@ -91,6 +102,48 @@ def rope_from_config(config) -> tuple[float, RopeScaling | None]:
     return float(base), RopeScaling(**fields)
 
 
+def _refuse_training_only(config, *names: str) -> None:
+    """Refuse options that act only in training mode (noise, dropout), which the companion lacks."""
+    for name in names:
+        value = getattr(config, name, 0) or 0
+        if value != 0:
+            raise ValueError(f"{name}={value!r} is not supported (only 0): the companion's decoder has no "
+                             f"{name.replace('_', ' ')}")
+
+
+def _copy_attention(mixer: nn.Module, attn: nn.Module, bias: bool) -> None:
+    """Llama-style ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` into :class:`Attention`'s ``qkv`` and ``out``."""
+    mixer.qkv.weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+    if bias:
+        mixer.qkv.bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+        mixer.out.bias.copy_(attn.o_proj.bias)
+    mixer.out.weight.copy_(attn.o_proj.weight)
+
+
+def _copy_embeddings_and_norms(decoder: Decoder, model: nn.Module) -> None:
+    """Token embeddings, each layer's two RMSNorms, the final norm and (untied) the output projection."""
+    hf = model.model
+    decoder.embed.weight.copy_(hf.embed_tokens.weight)
+    for block, layer in zip(decoder.blocks, hf.layers):
+        block.norm_1.weight.copy_(layer.input_layernorm.weight)
+        block.norm_2.weight.copy_(layer.post_attention_layernorm.weight)
+    decoder.norm.weight.copy_(hf.norm.weight)
+    if not decoder.config.tie_embeddings:
+        decoder.lm_head.weight.copy_(model.lm_head.weight)
+
+
+def _load_module(mine: nn.Module, converted: nn.Module) -> None:
+    """Load a converted part into the decoder's own (same structure, checked by a strict load), eps included."""
+    if getattr(mine, "shape", None) != getattr(converted, "shape", None):  # MoEShape / LatentShape: same policy
+        raise ValueError(f"layers differ in shape: {getattr(converted, 'shape', None)} against the decoder's "
+                         f"{getattr(mine, 'shape', None)}")
+    mine.load_state_dict(converted.state_dict(), strict=True)
+    theirs = dict(converted.named_modules())
+    for name, module in mine.named_modules():
+        if hasattr(module, "eps"):
+            module.eps = theirs[name].eps
+
+
 @register("LlamaForCausalLM")
 @torch.no_grad()
 def _from_llama(model: nn.Module) -> Decoder:
@@ -110,19 +163,94 @@ def _from_llama(model: nn.Module) -> Decoder:
         attention_bias=bool(c.attention_bias), mlp_bias=bool(c.mlp_bias),
     )
     decoder = Decoder(config)
-    hf = model.model
-    decoder.embed.weight.copy_(hf.embed_tokens.weight)
-    for block, layer in zip(decoder.blocks, hf.layers):
-        attn = layer.self_attn
-        block.mixer.qkv.weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
-        if config.attention_bias:
-            block.mixer.qkv.bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
-            block.mixer.out.bias.copy_(attn.o_proj.bias)
-        block.mixer.out.weight.copy_(attn.o_proj.weight)
+    for block, layer in zip(decoder.blocks, model.model.layers):
+        _copy_attention(block.mixer, layer.self_attn, config.attention_bias)
         block.ffn.load_separate(layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
-        block.norm_1.weight.copy_(layer.input_layernorm.weight)
-        block.norm_2.weight.copy_(layer.post_attention_layernorm.weight)
-    decoder.norm.weight.copy_(hf.norm.weight)
-    if not config.tie_embeddings:
-        decoder.lm_head.weight.copy_(model.lm_head.weight)
+    _copy_embeddings_and_norms(decoder, model)
+    return decoder
+
+
+@register("MixtralForCausalLM")
+@torch.no_grad()
+def _from_mixtral(model: nn.Module) -> Decoder:
+    """Mixtral (Jiang et al. 2024): a Llama/Mistral decoder whose every feed-forward is a mixture of experts.
+
+    Grouped-query attention with RoPE (any scaling :func:`rope_from_config` reads) and Mistral's
+    ``sliding_window`` (the decoder's ``window``: the ``W`` keys ``i - W < j <= i``, as transformers'
+    mask); softmax top-k routing renormalised over the chosen experts (:func:`~companion.nn.moe.moe_from_hf`).
+    Refused: ``hidden_act`` other than silu, a nonzero ``router_jitter_noise`` or ``attention_dropout``.
+    """
+    c = model.config
+    if c.hidden_act != "silu":
+        raise ValueError(f"only hidden_act='silu' (SwiGLU experts) is supported, got {c.hidden_act!r}")
+    _refuse_training_only(c, "router_jitter_noise", "attention_dropout")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    rope_base, rope_scaling = rope_from_config(c)
+    experts = [moe_from_hf(layer.mlp, c) for layer in model.model.layers]
+    config = DecoderConfig(
+        vocab_size=c.vocab_size, width=c.hidden_size, n_layers=c.num_hidden_layers,
+        n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, head_dim=head_dim,
+        norm="rmsnorm", norm_eps=c.rms_norm_eps, norm_position="pre", positions="rope", rope_base=rope_base,
+        rope_scaling=rope_scaling, max_positions=c.max_position_embeddings, window=getattr(c, "sliding_window", None),
+        tie_embeddings=bool(c.tie_word_embeddings), feedforwards=("moe",) * c.num_hidden_layers,
+        moe=experts[0].shape,
+    )
+    decoder = Decoder(config)
+    for block, layer, moe in zip(decoder.blocks, model.model.layers, experts):
+        _copy_attention(block.mixer, layer.self_attn, bias=False)
+        _load_module(block.ffn, moe)
+    _copy_embeddings_and_norms(decoder, model)
+    return decoder
+
+
+@register("DeepseekV3ForCausalLM")
+@torch.no_grad()
+def _from_deepseek_v3(model: nn.Module) -> Decoder:
+    """DeepSeek-V3 (2024): multi-head latent attention in every layer; dense SwiGLU feed-forwards (hidden
+    ``intermediate_size``) in the first ``first_k_dense_replace`` layers, then mixtures of experts.
+
+    The experts (hidden ``moe_intermediate_size``) are routed by sigmoid scores plus the selection-only
+    ``e_score_correction_bias``, limited to the ``topk_group`` best of ``n_group`` groups, with the
+    gates renormalised (``norm_topk_prob``) and multiplied by ``routed_scaling_factor``; the
+    ``n_shared_experts`` shared experts see every token (:func:`~companion.nn.moe.moe_from_hf`).
+    Latent attention takes the interleaved rotary layout (``rope_interleave``) and YaRN's
+    ``mscale_all_dim`` factor on the softmax scale (:func:`~companion.nn.latent_attention.latent_attention_from_hf`).
+    The multi-token-prediction modules (``num_mtp_layers``) are not part of transformers' forward
+    and are not converted. Refused (``ValueError`` naming them): ``hidden_act`` other than silu,
+    ``num_key_value_heads != num_attention_heads``, a nonzero ``attention_dropout``, an invalid
+    ``first_k_dense_replace``, routing sizes :class:`~companion.nn.moe.MoEShape` rejects.
+    """
+    c = model.config
+    if c.hidden_act != "silu":
+        raise ValueError(f"only hidden_act='silu' (SwiGLU) is supported, got {c.hidden_act!r}")
+    _refuse_training_only(c, "attention_dropout")
+    first_dense = c.first_k_dense_replace
+    if isinstance(first_dense, bool) or not isinstance(first_dense, int) or first_dense < 0:
+        raise ValueError(f"first_k_dense_replace must be an int >= 0, got {first_dense!r}")
+    n_layers = c.num_hidden_layers
+    first_dense = min(first_dense, n_layers)
+    if c.num_key_value_heads != c.num_attention_heads:
+        raise ValueError(f"MLA gives every head its own key and value: expected num_key_value_heads == "
+                         f"num_attention_heads ({c.num_attention_heads}), got {c.num_key_value_heads}")
+    rope_base, rope_scaling = rope_from_config(c)
+    latent = LatentShape(c.kv_lora_rank, c.q_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim)
+    layers = model.model.layers
+    experts = [moe_from_hf(layer.mlp, c) for layer in layers[first_dense:]]
+    config = DecoderConfig(
+        vocab_size=c.vocab_size, width=c.hidden_size, n_layers=n_layers, n_heads=c.num_attention_heads,
+        ffn="swiglu", ffn_hidden=c.intermediate_size, norm="rmsnorm", norm_eps=c.rms_norm_eps, norm_position="pre",
+        positions="rope", rope_base=rope_base, rope_scaling=rope_scaling, max_positions=c.max_position_embeddings,
+        tie_embeddings=bool(c.tie_word_embeddings), attention_bias=bool(c.attention_bias),
+        mixers=("latent_attention",) * n_layers, latent=latent,
+        feedforwards=("swiglu",) * first_dense + ("moe",) * (n_layers - first_dense),
+        moe=experts[0].shape if experts else None,
+    )
+    decoder = Decoder(config)
+    for index, (block, layer) in enumerate(zip(decoder.blocks, layers)):
+        _load_module(block.mixer, latent_attention_from_hf(layer.self_attn, c, rope=decoder.rope, layer_index=index))
+        if index < first_dense:
+            block.ffn.load_separate(layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+        else:
+            _load_module(block.ffn, experts[index - first_dense])
+    _copy_embeddings_and_norms(decoder, model)
     return decoder

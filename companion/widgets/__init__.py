@@ -9,9 +9,10 @@ from companion.widgets.flash_stepper import FlashStepper, online_softmax_steps, 
 from companion.widgets.kv_cache import KVCacheCalculator, kv_bytes_per_token, kv_cache_bytes, tokens_that_fit
 from companion.widgets.mask_explorer import MaskExplorer, describe_query, mask_matrix
 from companion.widgets.rope_dial import RopeDial, rope_angles
+from companion.widgets.routing_view import RoutingView, expert_load
 from companion.widgets.sequence_cost import SequenceCost, sequence_costs
 
-__all__ = ["AttentionExplorer", "FlashStepper", "KVCacheCalculator", "MaskExplorer", "RopeDial", "SequenceCost",
-           "describe_query", "display_token", "kv_bytes_per_token", "kv_cache_bytes", "mask_matrix",
-           "online_softmax_steps", "rope_angles", "sequence_costs", "softmax_attention", "tokens_that_fit",
-           "top_attended"]
+__all__ = ["AttentionExplorer", "FlashStepper", "KVCacheCalculator", "MaskExplorer", "RopeDial", "RoutingView",
+           "SequenceCost", "describe_query", "display_token", "expert_load", "kv_bytes_per_token", "kv_cache_bytes",
+           "mask_matrix", "online_softmax_steps", "rope_angles", "sequence_costs", "softmax_attention",
+           "tokens_that_fit", "top_attended"]
