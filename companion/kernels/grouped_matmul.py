@@ -56,10 +56,17 @@ def grouped_matmul_reference(x: torch.Tensor, weight: torch.Tensor,
     """``y[rows of group e] = x[rows of group e] @ weight[e]``, one ``matmul`` per group.
 
     Arguments as :func:`grouped_matmul`; assumes valid inputs (:func:`grouped_matmul` validates).
-    ``torch.split`` cuts ``x`` into the groups' rows (reading ``group_sizes`` on the host), each
-    block is multiplied by its group's weight in ``x``'s dtype (PyTorch accumulates float16 and
-    bfloat16 products in float32 and rounds once), and the blocks are concatenated back in order.
-    Differentiable through autograd: an empty group's weight gets a zero gradient.
+    ``x`` is cut into the groups' rows (reading ``group_sizes`` on the host) and each block is
+    multiplied by its group's weight in ``x``'s dtype (PyTorch accumulates float16 and bfloat16
+    products in float32 and rounds once), each product written straight into its rows of ``y``.
+
+    The gradient is the module docstring's, one ``matmul`` per group again: ``dx`` is this same
+    function with ``weight`` transposed, ``dweight[e] = x_e^T g_e`` written into one
+    ``(groups, in, out)`` tensor (an empty group's is zero). Autograd through ``split``, ``cat`` and
+    ``weight[e]`` computes the same products, but each ``weight[e]``'s backward allocates and zeroes
+    a whole ``(groups, in, out)`` gradient and the groups' are summed: ``groups`` times the memory
+    traffic, which dominated a mixture of experts' backward pass on the CPU. Differentiable twice
+    (the backward is built from this function and ``matmul``, tracked when ``create_graph=True``).
     """
     return _reference(x, weight, [int(s) for s in group_sizes.tolist()])
 
@@ -68,8 +75,66 @@ def _reference(x: torch.Tensor, weight: torch.Tensor, sizes: list[int]) -> torch
     """:func:`grouped_matmul_reference` with the group sizes as Python ints."""
     if not sizes:  # no groups, so no tokens: x @ (zeros) keeps y connected to x and weight
         return x @ weight.sum(0)
-    blocks = torch.split(x, sizes, dim=0)
-    return torch.cat([block @ weight[e] for e, block in enumerate(blocks)], dim=0)
+    return _ReferenceFunction.apply(x, weight, sizes)
+
+
+def _row_blocks(sizes: list[int]):
+    """``(group, first row, end row)`` of every non-empty group, in order."""
+    start = 0
+    for e, size in enumerate(sizes):
+        if size:
+            yield e, start, start + size
+        start += size
+
+
+def mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = a @ b`` (no autograd), as ``a @ b`` computes it: in place where ``out`` starts on a
+    64-byte boundary, as a fresh tensor does, else computed apart and copied (PyTorch's CPU matmul
+    may take another kernel, with another summation order, for an output that is not aligned)."""
+    if out.data_ptr() % 64 == 0:
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(a @ b)
+
+
+def _grouped_products(x: torch.Tensor, weight: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """``y[rows of e] = x[rows of e] @ weight[e]`` into one preallocated ``y`` (no autograd)."""
+    y = x.new_empty((x.shape[0], weight.shape[2]))
+    for e, start, end in _row_blocks(sizes):
+        mm_into(x[start:end], weight[e], y[start:end])
+    return y
+
+
+def _weight_grad(x: torch.Tensor, grad: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """``dweight[e] = x_e^T @ grad_e`` ``(groups, in, out)``; zero for an empty group."""
+    if torch.is_grad_enabled() and (x.requires_grad or grad.requires_grad):  # create_graph: tracked ops
+        blocks = zip(torch.split(x, sizes), torch.split(grad, sizes))
+        return torch.stack([xe.transpose(0, 1) @ ge for xe, ge in blocks])
+    dw = x.new_zeros((len(sizes), x.shape[1], grad.shape[1])) if 0 in sizes else \
+        x.new_empty((len(sizes), x.shape[1], grad.shape[1]))
+    for e, start, end in _row_blocks(sizes):
+        mm_into(x[start:end].transpose(0, 1), grad[start:end], dw[e])
+    return dw
+
+
+class _ReferenceFunction(torch.autograd.Function):
+    """The reference's forward and backward, one ``matmul`` per group each (see grouped_matmul_reference)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, sizes):
+        ctx.save_for_backward(x, weight)
+        ctx.sizes = sizes
+        return _grouped_products(x, weight, sizes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = _reference(grad, weight.transpose(1, 2), ctx.sizes)
+        if ctx.needs_input_grad[1]:
+            dw = _weight_grad(x, grad, ctx.sizes)
+        return dx, dw, None
 
 
 # --------------------------------------------------------------------------------------------------
