@@ -9,9 +9,7 @@ causal switch must change what it shows, in agreement with the Python twin.
 
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from hypothesis import strategies as st
 from companion.kernels import attention, tiled_attention
 from companion.widgets import FlashStepper, online_softmax_steps, softmax_attention
 from companion.widgets import flash_stepper as module
+
+from widget_browser import mount_widget, page  # noqa: F401  (page is a pytest fixture)
 
 JS_PATH = Path(module.__file__).with_name("flash_stepper.js")
 CSS_PATH = Path(module.__file__).with_name("flash_stepper.css")
@@ -503,52 +503,9 @@ def test_javascript_waits_for_a_consistent_state(node):
 
 
 # ------------------------------------------------------------------ the widget drawn in a browser
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-# A stand-in for the widget model (get / set / on / off / save_changes), and render() of the ESM.
-MOUNT_JS = """async ([source, css, state]) => {
-  const style = document.createElement("style");
-  style.textContent = css;
-  document.head.appendChild(style);
-  const listeners = {};
-  window.saved = [];
-  window.model = {
-    get: (name) => state[name],
-    set: (name, value) => { state[name] = value; for (const f of listeners["change:" + name] || []) f(); },
-    on: (event, f) => { (listeners[event] = listeners[event] || []).push(f); },
-    off: (event, f) => { listeners[event] = (listeners[event] || []).filter((g) => g !== f); },
-    save_changes: () => { window.saved.push(JSON.parse(JSON.stringify(state))); },
-  };
-  const url = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
-  const widget = (await import(url)).default;
-  const el = document.createElement("div");
-  el.id = "root";
-  document.body.appendChild(el);
-  widget.render({ model: window.model, el });
-}"""
-
-
-@pytest.fixture(scope="module")
-def page():
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM}: cannot draw the widget")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu"])
-        yield browser.new_page()
-        browser.close()
-
-
 def mount(page, widget: FlashStepper) -> list[str]:
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.set_content("<!doctype html><html><body></body></html>")
     state = {name: widget.get_state()[name] for name in TRAITS}
-    page.evaluate(MOUNT_JS, [JS_PATH.read_text(), CSS_PATH.read_text(), state])
-    page.wait_for_selector("#root .ab-flash")
-    return errors
+    return mount_widget(page, JS_PATH.read_text(), CSS_PATH.read_text(), state, ".ab-flash")
 
 
 def shown_state(page) -> dict:
