@@ -162,6 +162,20 @@ class PerTokenLoop(torch.nn.Module):
         return moe_loop_reference(self.layer, x)
 
 
+def profile_shares(step) -> dict:
+    """The shares of one call's CPU time (torch.profiler, self times) in matrix multiplies and attention."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::_grouped_mm", "aten::bmm"))
+    attention = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    return {"mm": mm / total, "attention": attention / total, "total_ms": total / 1e3}
+
+
 def middle(comparisons):
     return sorted(comparisons, key=lambda c: c.speedup)[len(comparisons) // 2]
 
@@ -195,7 +209,7 @@ def main() -> None:
     # the layers timed alone: copies of layer 0 taken now, before any optimizer step moves the weights
     blocks = {name: copy.deepcopy(model.model.layers[0].mlp) for name, model in hf.items()}
     layer = moe_from_hf(blocks[names[0]], hf[names[0]].config).train()  # what from_hf put in layer 0
-    rows, speedups = [], {}
+    rows = []
 
     def run(label, make_a, make_b, names_ab, goal="", repeats=args.repeats, rounds=args.rounds, warmup=2):
         comparisons = [bench.compare(make_a(), make_b(), repeats=repeats, warmup=warmup, device=device,
@@ -206,7 +220,6 @@ def main() -> None:
         low, high = min(c.speedup for c in comparisons), max(c.speedup for c in comparisons)
         rows.append([label, names_ab[0], round(m.a.median * 1e3, 1), names_ab[1], round(m.b.median * 1e3, 1),
                      round(m.speedup, 2), f"{low:.2f}-{high:.2f}", goal])
-        speedups[label] = m.speedup
         return comparisons
 
     tokens_text = f"{args.batch}x{args.seq} tokens"
@@ -215,14 +228,19 @@ def main() -> None:
             lambda: training_step(ours, inputs, targets, lambda out: out),
             lambda name=name: training_step(hf[name], inputs, targets, lambda out: out.logits),
             ("companion", f"transformers {name}"), goal=1.1 if i == 0 else "")
-    # AdamW (foreach, the default) on both: the same number of parameters (7.1M), in fewer tensors
-    # for the companion (q, k, v fused; gate and up stacked apart like transformers' gate_up)
+    # AdamW (foreach, the default) on both: the same numbers, in fewer tensors for the companion
+    # (q, k, v fused; gate and up stacked apart where transformers stacks them together)
+    n_params = sum(p.numel() for p in ours.parameters())
+    n_tensors = (len(list(ours.parameters())), len(list(hf[names[0]].parameters())))
     optimizers = {"companion": torch.optim.AdamW(ours.parameters(), lr=1e-5),
                   names[0]: torch.optim.AdamW(hf[names[0]].parameters(), lr=1e-5)}
     run(f"training step + AdamW step ({tokens_text})",
         lambda: training_step(ours, inputs, targets, lambda out: out, optimizers["companion"]),
         lambda: training_step(hf[names[0]], inputs, targets, lambda out: out.logits, optimizers[names[0]]),
         ("companion", f"transformers {names[0]}"))
+    # the AdamW step alone, on the gradients the last training steps left
+    run(f"AdamW step alone ({n_params / 1e6:.1f}M parameters)", lambda: optimizers["companion"].step,
+        lambda: optimizers[names[0]].step, ("companion", f"transformers {names[0]}"))
 
     # one MoE layer alone: layer 0 of each model, a fresh input of the layer's shape
     x = torch.randn(args.batch, args.seq, SHAPE["hidden_size"], generator=generator, requires_grad=True)
@@ -238,6 +256,9 @@ def main() -> None:
         lambda: layer_step(loop, x, grad), ("companion", "per-token loop"), repeats=args.loop_repeats,
         rounds=1, warmup=1)
 
+    profiles = {"companion": profile_shares(training_step(ours, inputs, targets, lambda out: out)),
+                f"transformers {names[0]}": profile_shares(
+                    training_step(hf[names[0]], inputs, targets, lambda out: out.logits))}
     load_after = os.getloadavg()
     goal_row = rows[0]
     notes = [
@@ -257,19 +278,24 @@ def main() -> None:
             f"{n}: logits {d['logits']:.1g}, loss {d['loss']:.1g}, gradients {d['grads']:.1g} of each "
             f"gradient's largest entry" for n, d in worst.items()) + "); the MoE layer's output too, and the "
         "per-token loop's",
-        "the optimizer is the same code for both (torch.optim.AdamW, foreach) on the same 7.1M parameters; "
-        "the goal's row is forward + backward (as benchmarks/decoder_vs_transformers.py), the AdamW row adds "
-        "its step to both",
+        f"the optimizer is the same code for both (torch.optim.AdamW, foreach) on the same {n_params / 1e6:.1f}M "
+        f"numbers, held in {n_tensors[0]} tensors by the companion and {n_tensors[1]} by transformers; the goal's "
+        "row is forward + backward (as benchmarks/decoder_vs_transformers.py): the AdamW rows show what the "
+        "optimizer adds, and how fast its step alone runs on each layout",
         f"routing: transformers' initialisation (router weights N(0, 0.02)); expert loads of layer 0 on the "
         f"timed tokens {load} (of {args.batch * args.seq * SHAPE['num_experts_per_tok']} assignments)",
         "transformers' experts implementations: grouped_mm (the default in 5.x: sort by expert, "
         "torch.nn.functional.grouped_mm, which runs on the CPU in torch 2.13 for these sizes: strides multiples "
-        "of 16 bytes), eager (a loop over the experts that received tokens), batched_mm (not timed: it gathers "
-        "each assignment's expert matrices, (2048, 1024, 256) floats = 2 GiB per layer for gate_up, and one "
-        "training step took tens of seconds)",
-        "the companion's MoE on the CPU: tokens sorted by expert, then each expert's block (gather, SwiGLU, "
-        "gate, scatter-add) forward and backward in turn (companion.nn.moe._ExpertBlocks); transformers' "
-        "attention is sdpa, as the companion's",
+        "of 16 bytes), eager (a loop over the experts that received tokens); batched_mm is not timed by default "
+        "(it gathers every assignment's expert matrices: (2048, 1024, 256) floats, 2 GiB, per layer for gate_up "
+        "alone; add it to --experts-implementations to time it)",
+        "the companion's MoE (companion.nn.moe.moe_dispatch): assignments sorted by expert, rows gathered, "
+        "three grouped matmuls (companion.kernels.grouped_matmul; on the CPU its reference, one matmul per "
+        "expert forward and backward), one scatter-add; transformers' attention is sdpa, as the companion's",
+        "where the time goes, from torch.profiler over one training step (forward + backward) of each: " + "; ".join(
+            f"{who}: matrix multiplies (aten::mm, grouped_mm) {shares['mm']:.0%}, attention (sdpa) "
+            f"{shares['attention']:.0%}, everything else {1 - shares['mm'] - shares['attention']:.0%} of "
+            f"{shares['total_ms']:.0f} ms of CPU time" for who, shares in profiles.items()),
     ]
     path = record("moe_vs_transformers", title="Companion mixture of experts against transformers' Mixtral",
                   description=" ".join(" ".join(__doc__.split("\n\n")[1:3]).split()),

@@ -87,7 +87,7 @@ def _row_blocks(sizes: list[int]):
         start += size
 
 
-def mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+def _mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
     """``out = a @ b`` (no autograd), as ``a @ b`` computes it: in place where ``out`` starts on a
     64-byte boundary, as a fresh tensor does, else computed apart and copied (PyTorch's CPU matmul
     may take another kernel, with another summation order, for an output that is not aligned)."""
@@ -101,7 +101,7 @@ def _grouped_products(x: torch.Tensor, weight: torch.Tensor, sizes: list[int]) -
     """``y[rows of e] = x[rows of e] @ weight[e]`` into one preallocated ``y`` (no autograd)."""
     y = x.new_empty((x.shape[0], weight.shape[2]))
     for e, start, end in _row_blocks(sizes):
-        mm_into(x[start:end], weight[e], y[start:end])
+        _mm_into(x[start:end], weight[e], y[start:end])
     return y
 
 
@@ -113,7 +113,7 @@ def _weight_grad(x: torch.Tensor, grad: torch.Tensor, sizes: list[int]) -> torch
     dw = x.new_zeros((len(sizes), x.shape[1], grad.shape[1])) if 0 in sizes else \
         x.new_empty((len(sizes), x.shape[1], grad.shape[1]))
     for e, start, end in _row_blocks(sizes):
-        mm_into(x[start:end].transpose(0, 1), grad[start:end], dw[e])
+        _mm_into(x[start:end].transpose(0, 1), grad[start:end], dw[e])
     return dw
 
 

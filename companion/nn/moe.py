@@ -18,10 +18,7 @@ assignments ``(token, expert, gate)`` are sorted by expert, the token rows gathe
 each expert's three matrices applied to its contiguous block of rows by one grouped matrix multiply
 (:func:`companion.kernels.grouped_matmul`, with the expert weights stacked ``(E, in, out)``), and
 the rows scaled by their gates and added back to their tokens. :func:`moe_loop_reference` is the
-textbook loop ("for each token, for each of its experts") that it must equal. On the CPU the same
-steps run expert by expert (gather, SwiGLU, gate, scatter for one expert's block of rows, then the
-next), so that each block's intermediates stay in the cache; the operations, and so the numbers,
-are the same.
+textbook loop ("for each token, for each of its experts") that it must equal.
 
 The layer's ``forward(x) -> y`` keeps the shape ``(..., width)`` (a feed-forward of
 :class:`~companion.models.decoder.Decoder`); the auxiliary losses and the load of its last call are
@@ -40,7 +37,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.kernels import grouped_matmul
-from companion.kernels.grouped_matmul import mm_into
 from companion.nn.feedforward import SwiGLU
 from companion.nn.router import (SCORING_FUNCS, capacity_mask, expert_capacity, expert_choice, load_balancing_loss,
                                  router_probabilities, router_z_loss, token_choice)
@@ -195,104 +191,15 @@ def moe_dispatch(x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor, gat
         gate: ``(A,)`` the weight of each assignment's output.
         gate_proj, up_proj: ``(E, width, hidden)``; down_proj: ``(E, hidden, width)``.
 
-    Returns ``(T, width)``; a token with no assignment gets zeros. On the CPU the steps 2-4 run one
-    expert's block at a time (:class:`_ExpertBlocks`), the same operations in the same order.
+    Returns ``(T, width)``; a token with no assignment gets zeros.
     """
     experts = gate_proj.shape[0]
     order = torch.argsort(expert, stable=True)                        # 1. sort the assignments by expert
-    sizes = torch.bincount(expert, minlength=experts)                 # rows per expert (E,)
-    if _blockwise(x, gate_proj, up_proj, down_proj):
-        return _ExpertBlocks.apply(x, token[order], gate[order].to(x.dtype), gate_proj, up_proj, down_proj,
-                                   sizes.tolist())
     rows = x[token[order]]                                            # 2. gather (A, width), expert 0's rows first
+    sizes = torch.bincount(expert, minlength=experts)                 # rows per expert (E,)
     hidden = F.silu(grouped_matmul(rows, gate_proj, sizes)) * grouped_matmul(rows, up_proj, sizes)  # 3. SwiGLU_e
     out = grouped_matmul(hidden, down_proj, sizes) * gate[order].to(x.dtype)[:, None]
     return x.new_zeros(x.shape).index_add(0, token[order], out)      # 4. scatter-add back to the tokens
-
-
-def _blockwise(x: torch.Tensor, gate_proj: torch.Tensor, up_proj: torch.Tensor, down_proj: torch.Tensor) -> bool:
-    """Whether :func:`moe_dispatch` runs expert by expert: CPU tensors of one floating dtype with the
-    documented shapes (anything else takes the grouped path, whose grouped_matmul checks and explains)."""
-    dtype = x.dtype
-    return (x.device.type == "cpu" and x.ndim == 2 and dtype in (torch.float16, torch.bfloat16, torch.float32,
-                                                                 torch.float64)
-            and all(w.device.type == "cpu" and w.dtype == dtype and w.ndim == 3 for w in (gate_proj, up_proj, down_proj))
-            and gate_proj.shape == up_proj.shape == (gate_proj.shape[0], x.shape[1], gate_proj.shape[2])
-            and down_proj.shape == (gate_proj.shape[0], gate_proj.shape[2], x.shape[1]))
-
-
-class _ExpertBlocks(torch.autograd.Function):
-    """Steps 2-4 of :func:`moe_dispatch` one expert at a time, forward and backward (the CPU path).
-
-    For expert ``e`` and its assignments in sorted order (tokens ``idx``, gates ``g``)::
-
-        x_e = x[idx];  p = x_e W_gate,e;  u = x_e W_up,e;  h = silu(p) * u;  o = h W_down,e
-        y[idx] += g o
-
-    and in the backward pass, with ``dy_e = dy[idx]``: ``dg = sum(dy_e * o)`` per row, ``do = g dy_e``,
-    ``dW_down,e = h^T do``, ``dh = do W_down,e^T``, ``du = dh silu(p)``, ``dp = silu'(p) dh u``,
-    ``dW_gate,e = x_e^T dp``, ``dW_up,e = x_e^T du``, ``dx[idx] += dp W_gate,e^T + du W_up,e^T``.
-    These are the operations autograd runs on the grouped path, in the same order, on blocks of one
-    expert's rows, so each block's intermediates stay in the cache from one step to the next instead
-    of whole ``(A, hidden)`` tensors going through memory between passes. The results are the
-    grouped path's, bit for bit where PyTorch's CPU matmul picks the same kernel for a block of a
-    larger tensor and for a block on its own (it may not for feature sizes that are not multiples of
-    16 bytes: then the last bits may differ). Differentiable once (as the Triton path).
-    """
-
-    SAVED = 5  # tensors saved per expert that received rows: p, u, silu(p), h (and o, one tensor for all)
-
-    @staticmethod
-    def forward(ctx, x, token, gate, gate_proj, up_proj, down_proj, sizes):
-        rows = x.index_select(0, token)                                   # (A, width), expert 0's rows first
-        out = x.new_empty((token.shape[0], x.shape[1]))
-        saved = []
-        for e, start, end in _row_blocks(sizes):
-            p, u = rows[start:end] @ gate_proj[e], rows[start:end] @ up_proj[e]
-            silu_p = F.silu(p)
-            h = silu_p * u
-            mm_into(h, down_proj[e], out[start:end])
-            saved += [p, u, silu_p, h]
-        y = x.new_zeros(x.shape).index_add_(0, token, out * gate[:, None])
-        ctx.save_for_backward(token, gate, gate_proj, up_proj, down_proj, rows, out, *saved)
-        ctx.sizes = sizes
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        token, gate, gate_proj, up_proj, down_proj, rows, out, *saved = ctx.saved_tensors
-        need_x, _, need_gate, *need_w = ctx.needs_input_grad[:6]
-        dy_rows = dy.index_select(0, token)
-        dgate = (dy_rows * out).sum(1) if need_gate else None
-        d_out = dy_rows * gate[:, None]
-        dx = dy.new_zeros(dy.shape) if need_x else None
-        dws = [(w.new_zeros(w.shape) if 0 in ctx.sizes else torch.empty_like(w)) if need else None
-               for w, need in zip((gate_proj, up_proj, down_proj), need_w)]  # an idle expert's: zeros
-        dgate_proj, dup_proj, ddown_proj = dws
-        for (e, start, end), p, u, silu_p, h in zip(_row_blocks(ctx.sizes), *[iter(saved)] * 4):
-            x_e, do = rows[start:end], d_out[start:end]
-            if ddown_proj is not None:
-                mm_into(h.transpose(0, 1), do, ddown_proj[e])
-            dh = do @ down_proj[e].transpose(0, 1)
-            du = dh * silu_p
-            dp = torch.ops.aten.silu_backward(dh * u, p)
-            if dgate_proj is not None:
-                mm_into(x_e.transpose(0, 1), dp, dgate_proj[e])
-            if dup_proj is not None:
-                mm_into(x_e.transpose(0, 1), du, dup_proj[e])
-            if need_x:
-                dx.index_add_(0, token[start:end], dp @ gate_proj[e].transpose(0, 1) + du @ up_proj[e].transpose(0, 1))
-        return dx, None, dgate, dgate_proj, dup_proj, ddown_proj, None
-
-
-def _row_blocks(sizes: list[int]):
-    """``(expert, first row, end row)`` of every expert that received rows, in order."""
-    start = 0
-    for e, size in enumerate(sizes):
-        if size:
-            yield e, start, start + size
-        start += size
 
 
 class MoE(nn.Module):
