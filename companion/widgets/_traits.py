@@ -14,3 +14,13 @@ def checked(proposal: dict, check: Callable[[Any], Any]) -> Any:
         return check(proposal["value"])
     except (TypeError, ValueError) as error:
         raise traitlets.TraitError(str(error)) from None
+
+
+def checked_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) in ``minimum..maximum``; else TypeError / ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise ValueError(f"{name} must be an int {bounds}, got {value}")
+    return value

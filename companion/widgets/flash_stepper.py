@@ -49,7 +49,7 @@ from typing import Any, Sequence
 import anywidget
 import traitlets
 
-from companion.widgets._traits import checked
+from companion.widgets._traits import checked, checked_int
 
 DECIMALS = 2  # q, k and v are rounded to this many decimals
 MAX_QUERIES = 8
@@ -64,13 +64,7 @@ DEFAULT_SEED = 1  # its data show the point: in every tile after the first, some
 
 
 # ------------------------------------------------------------------------------ validation
-def _int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-        raise ValueError(f"{name} must be an int {bounds}, got {value}")
-    return value
+_int = checked_int  # shared with the other widgets (companion/widgets/_traits.py)
 
 
 def _bool(name: str, value: Any) -> bool:

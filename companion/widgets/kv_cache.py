@@ -56,7 +56,7 @@ from typing import Any
 import anywidget
 import traitlets
 
-from companion.widgets._traits import checked
+from companion.widgets._traits import checked, checked_int
 
 GIB = 2**30
 WEIGHT_BYTES = 2  # bytes per parameter of the weights, when they are counted (bfloat16)
@@ -90,13 +90,7 @@ GPUS: tuple[dict[str, Any], ...] = (
 
 
 # ------------------------------------------------------------------------------ validation
-def _int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-        raise ValueError(f"{name} must be an int {bounds}, got {value}")
-    return value
+_int = checked_int  # shared with the other widgets (companion/widgets/_traits.py)
 
 
 def _bytes_per_element(value: Any) -> int:
