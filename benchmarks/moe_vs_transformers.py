@@ -290,8 +290,11 @@ def main() -> None:
         "(it gathers every assignment's expert matrices: (2048, 1024, 256) floats, 2 GiB, per layer for gate_up "
         "alone; add it to --experts-implementations to time it)",
         "the companion's MoE (companion.nn.moe.moe_dispatch): assignments sorted by expert, rows gathered, "
-        "three grouped matmuls (companion.kernels.grouped_matmul; on the CPU its reference, one matmul per "
-        "expert forward and backward), one scatter-add; transformers' attention is sdpa, as the companion's",
+        "three grouped matmuls (companion.kernels.grouped_matmul; on the CPU its reference, which for float32 "
+        "runs torch.nn.functional.grouped_mm as transformers' grouped_mm does: one matmul per expert forward and "
+        "backward), one scatter-add; attention is sdpa in both, the companion's causal attention on the CPU in "
+        "two query blocks for 257 to 512 tokens (companion.kernels.attention_reference: 3/4 of the query-key "
+        "pairs, where one causal call of torch's CPU kernel computes all of them up to 512 keys)",
         "where the time goes, from torch.profiler over one training step (forward + backward) of each: " + "; ".join(
             f"{who}: matrix multiplies (aten::mm, grouped_mm) {shares['mm']:.0%}, attention (sdpa) "
             f"{shares['attention']:.0%}, everything else {1 - shares['mm'] - shares['attention']:.0%} of "

@@ -212,11 +212,16 @@ def test_a_query_that_sees_no_key_gives_zeros_and_zero_gradient(name, alibi, dty
 # Each branch of the reference's decision rule
 # ------------------------------------------------------------------------------------------------
 
-# name: (q_heads, kv_heads, q_len, kv_len, causal, window, alibi, expected SDPA call or None)
+# name: (q_heads, kv_heads, q_len, kv_len, causal, window, alibi, expected SDPA call, a list of calls, or None)
+BLOCKS = [dict(mask=None, is_causal=True, gqa=True), dict(mask="bool", is_causal=False, gqa=True)]
 BRANCHES = {
     "no mask, MHA": (4, 4, 6, 6, False, None, False, dict(mask=None, is_causal=False, gqa=False)),
     "no mask, more queries than keys": (4, 2, 9, 5, False, None, False, dict(mask=None, is_causal=False, gqa=True)),
     "causal, equal lengths, GQA": (6, 2, 7, 7, True, None, False, dict(mask=None, is_causal=True, gqa=True)),
+    "causal, equal lengths, 256 tokens": (4, 2, 256, 256, True, None, False, dict(mask=None, is_causal=True, gqa=True)),
+    "causal, equal lengths, 257 tokens: two query blocks": (4, 2, 257, 257, True, None, False, BLOCKS),
+    "causal, equal lengths, 512 tokens: two query blocks": (4, 2, 512, 512, True, None, False, BLOCKS),
+    "causal, equal lengths, 513 tokens": (4, 2, 513, 513, True, None, False, dict(mask=None, is_causal=True, gqa=True)),
     "causal chunk, fewer queries": (4, 2, 3, 8, True, None, False, dict(mask="bool", is_causal=False, gqa=True)),
     "causal decode, MQA": (4, 1, 1, 9, True, None, False, dict(mask=None, is_causal=False, gqa=True)),
     "causal decode, window shorter than the keys": (4, 1, 1, 9, True, 4, False, dict(mask="bool", is_causal=False, gqa=True)),
@@ -252,7 +257,8 @@ def test_each_branch_of_the_decision_rule_matches_the_oracle(name, monkeypatch):
     slopes = torch.linspace(0.1, 0.8, q_heads, dtype=F64, requires_grad=True) if alibi else None
     kwargs = dict(causal=causal, scale=0.3, window=window, alibi_slopes=slopes)
     out = attention(q, k, v, **kwargs)
-    assert calls == ([] if expected_call is None else [expected_call])
+    assert calls == ([] if expected_call is None else expected_call if isinstance(expected_call, list)
+                     else [expected_call])
     grad_out = torch.randn(out.shape, generator=gen, dtype=F64)
     _, got = grads(attention, q, k, v, kwargs, grad_out)
     expected, expected_grads = grads(oracle, q, k, v, kwargs, grad_out)
@@ -268,6 +274,24 @@ def test_each_branch_of_the_decision_rule_matches_the_oracle(name, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # Backends, low precision
 # ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed views of (batch, seq, heads, head_dim)"])
+def test_two_query_blocks_equal_one_causal_call_and_keep_its_layout(layout):
+    gen = torch.Generator().manual_seed(5)
+
+    def tensor(heads):
+        t = torch.randn(2, 300, heads, 16, generator=gen).transpose(1, 2)
+        return (t.contiguous() if layout == "contiguous" else t).requires_grad_(True)
+
+    q, k, v = tensor(6), tensor(2), tensor(2)
+    out = attention(q, k, v, causal=True)
+    one_call = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert out.stride() == one_call.stride()
+    torch.testing.assert_close(out, one_call)
+    grad_out = torch.randn(out.shape, generator=gen)
+    for g, e in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(one_call, (q, k, v), grad_out)):
+        torch.testing.assert_close(g, e)
+
 
 def test_reference_and_auto_agree_on_cpu_and_unknown_backends_raise():
     gen = torch.Generator().manual_seed(2)

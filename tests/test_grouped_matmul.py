@@ -108,6 +108,79 @@ def test_reference_in_low_precision_is_within_the_bound(dtype):
     assert_near(y, oracle(x, w, group_sizes), oracle(x.abs(), w.abs(), group_sizes), 70, dtype, "y")
 
 
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=6), in_features=st.sampled_from([4, 8, 36]),
+       out_features=st.sampled_from([4, 12, 64]), seed=st.integers(0, 2**31 - 1))
+def test_float32_on_the_cpu_runs_torch_grouped_mm_within_the_bound(sizes, in_features, out_features, seed):
+    calls = []
+    real = torch.nn.functional.grouped_mm
+    gen = torch.Generator().manual_seed(seed)
+    group_sizes = torch.tensor(sizes)
+    x = torch.randn(sum(sizes), in_features, generator=gen, requires_grad=True)
+    w = torch.randn(len(sizes), in_features, out_features, generator=gen, requires_grad=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+        y = grouped_matmul(x, w, group_sizes, backend="reference")
+    assert calls == [1]
+    assert_near(y, oracle(x, w, group_sizes), oracle(x.abs(), w.abs(), group_sizes), in_features, torch.float32, "y")
+    grad = torch.randn(y.shape, generator=gen)
+    dx, dw = torch.autograd.grad(y, (x, w), grad)
+    groups = torch.repeat_interleave(torch.arange(len(sizes)), group_sizes)
+    exact_dx = torch.einsum("tn,tkn->tk", grad.to(F64), w.detach().to(F64)[groups])
+    assert_near(dx, exact_dx, torch.einsum("tn,tkn->tk", grad.abs().to(F64), w.detach().abs().to(F64)[groups]),
+                out_features, torch.float32, "dx")
+    for e, rows in enumerate(torch.split(torch.arange(x.shape[0]), sizes)):
+        xe, ge = x.detach()[rows].to(F64), grad[rows].to(F64)
+        assert_near(dw[e], xe.T @ ge, xe.abs().T @ ge.abs(), len(rows), torch.float32, f"dw[{e}]")
+        if not len(rows):  # an empty group's weight gets exactly zero gradient
+            assert torch.equal(dw[e], torch.zeros_like(dw[e]))
+
+
+def test_torch_grouped_mm_path_takes_any_upstream_gradient_and_is_differentiable_twice():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(20, 8, generator=gen, requires_grad=True)
+    w = torch.randn(3, 8, 12, generator=gen, requires_grad=True)
+    sizes = torch.tensor([5, 0, 15])
+    right, column = torch.randn(20, 4, generator=gen), torch.randn(1, 12, generator=gen)
+    assert gm_module._torch_grouped_mm_takes(x, w)
+
+    def loop(x, w):  # the per-group loop, which the torch path must equal
+        return gm_module._ReferenceFunction.apply(x, w, sizes.tolist())
+
+    losses = {"sum (an expanded gradient, strides 0)": lambda y: y.sum(),
+              "through a transpose": lambda y: (y.t() @ right).sum(),
+              "every other column": lambda y: y[:, ::2].pow(2).sum(),
+              "broadcast product": lambda y: (y * column).sum()}
+    for name, loss in losses.items():
+        got = torch.autograd.grad(loss(grouped_matmul(x, w, sizes)), (x, w))
+        want = torch.autograd.grad(loss(loop(x, w)), (x, w))
+        for g, e in zip(got, want):
+            torch.testing.assert_close(g, e, msg=name)
+    probe = torch.randn(20, 8, generator=gen)
+    second = []
+    for fn in (lambda: grouped_matmul(x, w, sizes), lambda: loop(x, w)):
+        dx, _ = torch.autograd.grad(fn().pow(2).sum(), (x, w), create_graph=True)
+        second.append(torch.autograd.grad((dx * probe).sum(), (x, w)))
+    for g, e in zip(*second):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("x, w", [
+    (torch.zeros(6, 4, dtype=F64), torch.zeros(2, 4, 8, dtype=F64)),          # float64
+    (torch.zeros(6, 4).half(), torch.zeros(2, 4, 8).half()),                   # half precision
+    (torch.zeros(6, 5), torch.zeros(2, 5, 8)),                                 # rows of 20 bytes
+    (torch.zeros(6, 4), torch.zeros(2, 4, 6)),                                 # rows of 24 bytes
+    (torch.zeros(4, 6).T, torch.zeros(2, 4, 8)),                               # strided x
+    (torch.zeros(6, 4), torch.zeros(2, 8, 4).transpose(1, 2)),                 # strided weight
+])
+def test_other_inputs_take_the_per_group_loop(x, w, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.nn.functional.grouped_mm called")
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", refuse)
+    y = grouped_matmul(x, w, torch.tensor([2, 4]), backend="reference")
+    assert y.shape == (6, w.shape[2]) and y.dtype == x.dtype
+
+
 def test_auto_on_the_cpu_is_the_reference():
     gen = torch.Generator().manual_seed(2)
     x, w, sizes = torch.randn(9, 4, generator=gen), torch.randn(3, 4, 6, generator=gen), torch.tensor([2, 7, 0])

@@ -195,11 +195,12 @@ def moe_dispatch(x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor, gat
     """
     experts = gate_proj.shape[0]
     order = torch.argsort(expert, stable=True)                        # 1. sort the assignments by expert
-    rows = x[token[order]]                                            # 2. gather (A, width), expert 0's rows first
+    sorted_token = token[order]
+    rows = x.index_select(0, sorted_token)                            # 2. gather (A, width), expert 0's rows first
     sizes = torch.bincount(expert, minlength=experts)                 # rows per expert (E,)
     hidden = F.silu(grouped_matmul(rows, gate_proj, sizes)) * grouped_matmul(rows, up_proj, sizes)  # 3. SwiGLU_e
     out = grouped_matmul(hidden, down_proj, sizes) * gate[order].to(x.dtype)[:, None]
-    return x.new_zeros(x.shape).index_add(0, token[order], out)      # 4. scatter-add back to the tokens
+    return x.new_zeros(x.shape).index_add(0, sorted_token, out)      # 4. scatter-add back to the tokens
 
 
 class MoE(nn.Module):
