@@ -16,6 +16,8 @@ from companion.nn.positions import (LearnedPositions, RotaryEmbedding, Sinusoida
                                     apply_rotary)
 from companion.nn.recurrent import Recurrent
 from companion.nn.rope_scaling import RopeScaling, rope_frequencies
+from companion.nn.ssm import (S4DLayer, causal_convolution_fft, discretize_bilinear, discretize_zoh, ssm_convolutional,
+                              ssm_kernel, ssm_recurrent)
 from companion.nn.router import (capacity_mask, expert_capacity, expert_choice, group_limited_mask,
                                  load_balancing_loss, router_probabilities, router_scores, router_z_loss,
                                  token_choice)
@@ -29,5 +31,6 @@ __all__ = [
     "MoE", "MoELoad", "MoEShape", "Routing", "moe_aux_loss", "moe_dispatch", "moe_from_hf", "moe_layers",
     "moe_loop_reference", "update_moe_biases", "capacity_mask", "expert_capacity", "expert_choice",
     "group_limited_mask", "load_balancing_loss", "router_probabilities", "router_scores", "router_z_loss",
-    "token_choice",
+    "token_choice", "S4DLayer", "causal_convolution_fft", "discretize_bilinear", "discretize_zoh",
+    "ssm_convolutional", "ssm_kernel", "ssm_recurrent",
 ]
