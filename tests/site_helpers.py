@@ -853,3 +853,131 @@ def check_routing_view(page: Page, root: Locator, state: dict) -> None:
         agrees_with_python("token 1 focused", view, token=1)
     layer_buttons.nth(view[0]).focus()  # the focus leaves the tokens
     agrees_with_python("after the focus left", view)
+
+
+# -------------------------------------------------------- Selective memory (SelectiveMemory)
+@widget_check(".ab-select")
+def check_selective_memory(page: Page, root: Locator, state: dict) -> None:
+    """Clicks on tokens (the query), the arrow keys and hovering (the token described), the
+    selective / time-invariant switch, the Delta-scale slider and the state-dimension menu: every
+    token's survival, bar and marks, the step sizes, the survival chart, the memory horizon and the
+    text agree with the Python twins in ``companion.widgets.selective_memory`` on the stored state."""
+    from companion.widgets import display_token
+    from companion.widgets.selective_memory import (SLIDER_MAX, SLIDER_MIN, THRESHOLD, bar_height, memory_horizon,
+                                                    scale_from_slider, step_sizes, summary_text, survival,
+                                                    token_text)
+
+    tokens, gates, rates = state["tokens"], state["gates"], state["decay_rates"]
+    T = len(tokens)
+    chips, modes = root.locator(".ab-select-tok"), root.locator(".ab-select-mode")
+    menu, slider = root.locator(".ab-select-dimension"), root.locator(".ab-select-scale")
+    summary, detail = root.locator(".ab-select-summary"), root.locator(".ab-select-detail")
+    away = root.locator(".ab-select-about")  # where the pointer rests when no token is hovered
+
+    def close(a: float, b: float) -> bool:  # the same sums; exp and log10 may differ in the last bit
+        return abs(a - b) <= 1e-12 * max(1.0, abs(a), abs(b))
+
+    def shown_view() -> tuple[bool, float, int, int]:
+        """(selective, delta_scale, query, dimension) as the controls show them."""
+        pressed = modes.evaluate_all("bs => bs.map(b => [b.dataset.mode, b.getAttribute('aria-pressed')])")
+        on = [mode for mode, flag in pressed if flag == "true"]
+        assert len(on) == 1, f"mode buttons pressed: {pressed}"
+        queries = [j for j, flag in enumerate(chips.evaluate_all("cs => cs.map(c => c.getAttribute('aria-pressed'))"))
+                   if flag == "true"]
+        assert len(queries) == 1, f"tokens marked as the query: {queries}"
+        scale = float(root.locator(".ab-select-scale-value").get_attribute("data-value"))
+        return on[0] == "selective", scale, queries[0], int(menu.input_value())
+
+    def agrees_with_python(what: str, view: tuple[bool, float, int, int], focus: int | None = None) -> None:
+        shown = shown_view()
+        assert shown == view, f"{what}: the widget shows (selective, scale, query, dimension) = {shown}, expected {view}"
+        selective, scale, query, dimension = view
+        expect(detail, f"{what}: the token described").to_have_attribute(
+            "data-token", "" if focus is None else str(focus), timeout=5_000)
+        deltas = step_sizes(gates, scale, selective)
+        kept = survival(deltas, rates, query, dimension)
+        horizon = memory_horizon(deltas, rates, query, dimension)
+        drawn = chips.evaluate_all("""cs => cs.map(c => ({text: c.querySelector('.ab-select-text').textContent,
+            survival: c.dataset.survival, height: Number(c.dataset.height), delta: Number(c.dataset.delta),
+            classes: [...c.classList], title: c.title,
+            fill: c.querySelector('.ab-select-fill').getBoundingClientRect().height,
+            bar: c.querySelector('.ab-select-bar').getBoundingClientRect().height}))""")
+        assert len(drawn) == T, f"{what}: {len(drawn)} tokens drawn for {T} tokens"
+        for j, chip in enumerate(drawn):
+            where = f"{what}: token {j} (query {query})"
+            assert chip["text"] == display_token(tokens[j]), f"{where}: shows {chip['text']!r}"
+            assert close(chip["delta"], deltas[j]), f"{where}: step {chip['delta']}, Python gives {deltas[j]}"
+            marks = {c.removeprefix("ab-select-") for c in chip["classes"]} - {"tok"}
+            expected = {"query"} if j == query else set()
+            if j > query:
+                expected.add("future")
+                assert chip["survival"] == "" and chip["height"] == 0, f"{where}: after the query, but drawn as kept"
+            else:
+                assert close(float(chip["survival"]), kept[j]), f"{where}: keeps {chip['survival']}, Python gives {kept[j]}"
+                assert close(chip["height"], bar_height(kept[j])), f"{where}: bar {chip['height']}%, not {bar_height(kept[j])}%"
+                if kept[j] < THRESHOLD:
+                    expected.add("forgotten")
+            if horizon is not None and j == query - horizon:
+                expected.add("horizon")
+            if j == focus:
+                expected.add("focus")
+            assert marks == expected, f"{where}: marked {sorted(marks)}, expected {sorted(expected)}"
+            assert abs(chip["fill"] - chip["height"] / 100 * chip["bar"]) < 1.0, (
+                f"{where}: the bar is filled {chip['fill']:.1f} px of {chip['bar']:.1f}, not {chip['height']:.2f}%")
+            text = token_text(tokens, gates, rates, scale, selective, query, dimension, j)
+            assert chip["title"] == text, f"{where}: tooltip {chip['title']!r}, Python gives {text!r}"
+        bars = root.locator(".ab-select-delta").evaluate_all("rs => rs.map(r => Number(r.dataset.value))")
+        assert len(bars) == T and all(close(a, b) for a, b in zip(bars, deltas)), f"{what}: step sizes {bars}, Python {deltas}"
+        eroding = root.locator(".ab-select-delta.ab-select-eroding").evaluate_all("rs => rs.map(r => Number(r.dataset.index))")
+        expected_eroding = list(range(focus + 1, query + 1)) if focus is not None and focus < query else []
+        assert eroding == expected_eroding, f"{what}: steps marked as eroding token {focus}: {eroding}"
+        points = root.locator(".ab-select-point").evaluate_all("ps => ps.map(p => Number(p.dataset.value))")
+        assert len(points) == query + 1 and all(close(a, b) for a, b in zip(points, kept)), (
+            f"{what}: the survival chart has {points}, Python gives {kept}")
+        line = root.locator(".ab-select-horizon-line")
+        assert line.count() == (horizon is not None), f"{what}: {line.count()} horizon lines for horizon {horizon}"
+        assert summary.get_attribute("data-horizon") == ("" if horizon is None else str(horizon)), (
+            f"{what}: the horizon is {summary.get_attribute('data-horizon')!r}, Python gives {horizon}")
+        text = summary_text(tokens, gates, rates, scale, selective, query, dimension)
+        assert summary.text_content() == text, f"{what}: the summary says {summary.text_content()!r}, Python {text!r}"
+        text = token_text(tokens, gates, rates, scale, selective, query, dimension, focus)
+        assert detail.text_content() == text, f"{what}: the detail says {detail.text_content()!r}, Python {text!r}"
+
+    # As stored.
+    assert menu.locator("option").count() == len(rates) + 1, f"{menu.locator('option').count()} dimension options"
+    away.hover()
+    view = (state["selective"], state["delta_scale"], state["query"], state["dimension"])
+    agrees_with_python("as stored", view)
+
+    # Click a token: it becomes the query (and is described, as the token the pointer is on).
+    query = T // 2 if T // 2 != view[2] else T // 2 - 1
+    chips.nth(query).click()
+    view = (view[0], view[1], query, view[3])
+    agrees_with_python(f"after clicking token {query}", view, focus=query)
+    if query >= 1:  # the arrow keys move the keyboard's focus; hovering wins while the pointer stays
+        chips.nth(query).press("ArrowLeft")
+        agrees_with_python("after ArrowLeft", view, focus=query - 1)
+        chips.nth(0).hover()
+        agrees_with_python("hovering token 0", view, focus=0)
+        away.hover()
+        agrees_with_python("the pointer left: the focused token again", view, focus=query - 1)
+    later = T - 1 if query != T - 1 else 0
+    chips.nth(later).hover()
+    agrees_with_python(f"hovering token {later}", view, focus=later)
+
+    # The other mode, then the Delta scale and the dimensions in it, then the stored mode again.
+    stored_mode = view[0]
+    for selective in (not stored_mode, stored_mode):
+        modes.nth(0 if selective else 1).click()  # the focus leaves the tokens
+        away.hover()
+        view = (selective, view[1], view[2], view[3])
+        agrees_with_python("after choosing " + ("selective" if selective else "time-invariant"), view)
+        if selective != stored_mode:
+            for value in (SLIDER_MIN + 0.5, SLIDER_MAX - 0.25):
+                slider.fill(f"{value:g}")
+                view = (view[0], scale_from_slider(value), view[2], view[3])
+                agrees_with_python(f"slider at {value:g}", view)
+            for dimension in sorted({len(rates) - 1, 0, -1} - {view[3]}):
+                menu.select_option(str(dimension))
+                view = (view[0], view[1], view[2], dimension)
+                agrees_with_python(f"dimension {dimension}", view)

@@ -10,9 +10,10 @@ from companion.widgets.kv_cache import KVCacheCalculator, kv_bytes_per_token, kv
 from companion.widgets.mask_explorer import MaskExplorer, describe_query, mask_matrix
 from companion.widgets.rope_dial import RopeDial, rope_angles
 from companion.widgets.routing_view import RoutingView, expert_load
+from companion.widgets.selective_memory import SelectiveMemory, memory_horizon, step_sizes, survival
 from companion.widgets.sequence_cost import SequenceCost, sequence_costs
 
 __all__ = ["AttentionExplorer", "FlashStepper", "KVCacheCalculator", "MaskExplorer", "RopeDial", "RoutingView",
-           "SequenceCost", "describe_query", "display_token", "expert_load", "kv_bytes_per_token", "kv_cache_bytes",
-           "mask_matrix", "online_softmax_steps", "rope_angles", "sequence_costs", "softmax_attention",
-           "tokens_that_fit", "top_attended"]
+           "SelectiveMemory", "SequenceCost", "describe_query", "display_token", "expert_load", "kv_bytes_per_token",
+           "kv_cache_bytes", "mask_matrix", "memory_horizon", "online_softmax_steps", "rope_angles", "sequence_costs",
+           "softmax_attention", "step_sizes", "survival", "tokens_that_fit", "top_attended"]
