@@ -130,7 +130,8 @@ def test_the_kernel_is_the_impulse_response_of_the_recurrence():
 
 def test_the_fft_convolution_is_causal_and_needs_its_padding():
     g = torch.Generator().manual_seed(5)
-    u, kernel = torch.randn(2, 3, 16, generator=g, dtype=torch.float64), torch.randn(3, 16, generator=g, dtype=torch.float64)
+    u = torch.randn(2, 3, 16, generator=g, dtype=torch.float64)
+    kernel = torch.randn(3, 16, generator=g, dtype=torch.float64)
     direct = torch.stack([sum(kernel[:, j] * u[..., k - j] for j in range(k + 1)) for k in range(16)], dim=-1)
     torch.testing.assert_close(causal_convolution_fft(u, kernel), direct, **EXACT)
     circular = torch.fft.irfft(torch.fft.rfft(u, n=16) * torch.fft.rfft(kernel, n=16), n=16)   # no padding
@@ -154,11 +155,13 @@ def test_a_recurrence_split_in_two_continues_from_its_state():
 @pytest.mark.parametrize("call, message", [
     (lambda: discretize_zoh(torch.zeros(3), torch.zeros(3), torch.ones(3)), r"A must be a \(channels, state\)"),
     (lambda: discretize_zoh(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2)), "same shape"),
-    (lambda: discretize_bilinear(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(3)), r"delta must be a real \(channels,\)"),
+    (lambda: discretize_bilinear(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(3)),
+     r"delta must be a real \(channels,\)"),
     (lambda: ssm_recurrent(torch.zeros(1, 2, 5), *torch.zeros(3, 3, 4)), "2 channels but the system has 3"),
     (lambda: ssm_recurrent(torch.zeros(2, 5), *torch.zeros(3, 2, 4)), r"\(batch, channels, length\)"),
     (lambda: ssm_recurrent(torch.zeros(1, 2, 5), *torch.zeros(3, 2, 4), state=torch.zeros(1, 2, 3)), "state must be"),
-    (lambda: ssm_convolutional(torch.zeros(1, 2, 5), *torch.zeros(3, 2, 4), D=torch.zeros(3)), r"D must be a \(channels,\)"),
+    (lambda: ssm_convolutional(torch.zeros(1, 2, 5), *torch.zeros(3, 2, 4), D=torch.zeros(3)),
+     r"D must be a \(channels,\)"),
     (lambda: ssm_kernel(*torch.zeros(3, 2, 4), length=0), "length must be a positive int"),
     (lambda: causal_convolution_fft(torch.zeros(1, 2, 5), torch.zeros(3, 5)), "one row per channel"),
 ])
@@ -212,7 +215,8 @@ def test_s4d_layer_trains_through_the_kernel():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(width=0), "width"), (dict(width=4, state=0), "state"), (dict(width=4, discretization="euler"), "discretization"),
+    (dict(width=0), "width"), (dict(width=4, state=0), "state"),
+    (dict(width=4, discretization="euler"), "discretization"),
     (dict(width=4, dt_min=0.1, dt_max=0.01), "dt_min"),
 ])
 def test_s4d_layer_bad_arguments(kwargs, message):

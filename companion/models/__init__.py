@@ -7,10 +7,11 @@ from companion.models.published import (PUBLISHED, PublishedAttention, cache_byt
                                        cache_elements_per_layer, published)
 from companion.models.sampling import filter_logits, sample_next
 from companion.models.window_lm import WindowLM
+from companion.nn.mamba import MambaShape
 from companion.nn.rope_scaling import RopeScaling
 
 __all__ = [
-    "BagOfWordsClassifier", "Decoder", "DecoderConfig", "DecoderOutput", "FEEDFORWARDS", "MIXERS", "PUBLISHED",
-    "PublishedAttention", "RecurrentClassifier", "RopeScaling", "WindowLM", "cache_bytes_per_token",
+    "BagOfWordsClassifier", "Decoder", "DecoderConfig", "DecoderOutput", "FEEDFORWARDS", "MIXERS", "MambaShape",
+    "PUBLISHED", "PublishedAttention", "RecurrentClassifier", "RopeScaling", "WindowLM", "cache_bytes_per_token",
     "cache_elements_per_layer", "filter_logits", "from_hf", "published", "rope_from_config", "sample_next",
 ]

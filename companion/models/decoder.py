@@ -33,6 +33,15 @@ sizes and routing policy are ``config.moe`` (a :class:`~companion.nn.moe.MoEShap
 ``feedforwards=("moe", "swiglu") * 2`` alternates sparse and dense layers. Each MoE layer leaves its
 auxiliary losses on itself after a forward pass: add :func:`~companion.nn.moe.moe_aux_loss` of the
 model to the training loss. (The experts have no biases: ``mlp_bias`` applies to dense layers.)
+
+State space layers (chapter 7) are mixers too: ``"s4d"`` (the LTI S4D layer,
+:class:`~companion.nn.ssm.S4DLayer`), ``"mamba"`` (:class:`~companion.nn.mamba.MambaMixer`) and
+``"mamba2"`` (:class:`~companion.nn.mamba2.Mamba2Mixer`), whose sizes are ``config.ssm`` (a
+:class:`~companion.nn.mamba.MambaShape`; ``"s4d"`` reads its ``d_state``, 64 without one). They keep
+a state of fixed size in the cache instead of keys and values. A Mamba block has no feed-forward:
+the feed-forward kind ``"none"`` makes a block ``x + mixer(norm_1(x))`` (no second norm), and
+``positions="none"`` suits a model with no attention. Hybrids (Jamba, Bamba) are per-layer
+mixers, e.g. ``mixers=("mamba", "attention", "mamba", "mamba")``.
 """
 
 from __future__ import annotations
@@ -50,10 +59,13 @@ from companion.nn.cache import KVCache
 from companion.nn.feedforward import GeluMLP, SwiGLU, default_hidden
 from companion.nn.latent_attention import LatentAttention, LatentShape
 from companion.nn.linear_attention import LinearAttention
+from companion.nn.mamba import MambaMixer, MambaShape
+from companion.nn.mamba2 import Mamba2Mixer
 from companion.nn.moe import MoE, MoEShape
 from companion.nn.norms import make_norm
 from companion.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, alibi_slopes
 from companion.nn.rope_scaling import RopeScaling, rope_frequencies
+from companion.nn.ssm import S4DLayer
 from companion.models.sampling import sample_next
 
 POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
@@ -89,6 +101,7 @@ class DecoderConfig:
     embed_scale: float = 1.0               # token embeddings are multiplied by this (Vaswani et al.: sqrt(width))
     latent: LatentShape | None = None      # the sizes of "latent_attention" layers (MLA); None: no such layer
     moe: MoEShape | None = None            # the sizes and routing of "moe" feed-forwards; None: no such layer
+    ssm: MambaShape | None = None          # the sizes of "mamba"/"mamba2" (and "s4d") layers; None: no such layer
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "width", "n_layers", "n_heads"):
@@ -126,6 +139,8 @@ class DecoderConfig:
             self._check_latent()
         if self.moe is not None or "moe" in self.layer_feedforwards:
             self._check_moe()
+        if self.ssm is not None or {"mamba", "mamba2"} & set(self.layer_mixers):
+            self._check_ssm()
 
     def _check_latent(self) -> None:
         """``latent`` is set exactly when some layer is ``"latent_attention"``, with rotary positions."""
@@ -149,6 +164,17 @@ class DecoderConfig:
             raise ValueError(f"moe must be a MoEShape or None, got {type(self.moe).__name__}")
         if "moe" not in self.layer_feedforwards:
             raise ValueError("moe is set but no layer's feed-forward is 'moe'; expected moe=None")
+
+    def _check_ssm(self) -> None:
+        """``ssm`` is set when some layer is ``"mamba"`` or ``"mamba2"``, and only with a state space layer."""
+        if self.ssm is None:
+            raise ValueError("mixers 'mamba' and 'mamba2' need ssm, a MambaShape, got None")
+        if not isinstance(self.ssm, MambaShape):
+            raise ValueError(f"ssm must be a MambaShape or None, got {type(self.ssm).__name__}")
+        if not {"mamba", "mamba2", "s4d"} & set(self.layer_mixers):
+            raise ValueError("ssm is set but no layer is 's4d', 'mamba' or 'mamba2'; expected ssm=None")
+        if "mamba2" in self.layer_mixers:
+            self.ssm.check_mamba2(self.width)
 
     @property
     def kv_heads(self) -> int:
@@ -210,6 +236,21 @@ def _linear_attention(config: DecoderConfig, index: int, rope: RotaryEmbedding |
                            layer_index=index)
 
 
+def _s4d(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> nn.Module:
+    """The LTI S4D layer (Gu et al. 2022) with ``config.ssm.d_state`` modes per channel (64 without ``ssm``)."""
+    return S4DLayer(config.width, 64 if config.ssm is None else config.ssm.d_state, layer_index=index)
+
+
+def _mamba(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> nn.Module:
+    """A Mamba layer (Gu and Dao 2023) with ``config.ssm``'s sizes; no positions (order is in the scan)."""
+    return MambaMixer(config.width, config.ssm, layer_index=index)
+
+
+def _mamba2(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> nn.Module:
+    """A Mamba-2 layer (Dao and Gu 2024) with ``config.ssm``'s sizes; its gated norm uses ``config.norm_eps``."""
+    return Mamba2Mixer(config.width, config.ssm, layer_index=index, eps=config.norm_eps)
+
+
 def _swiglu(config: DecoderConfig, index: int) -> nn.Module:
     return SwiGLU(config.width, config.hidden, bias=config.mlp_bias)
 
@@ -224,16 +265,28 @@ def _moe(config: DecoderConfig, index: int) -> nn.Module:
                out_std=config.init_std / (2 * config.n_layers) ** 0.5)
 
 
+def _no_feedforward(config: DecoderConfig, index: int) -> None:
+    """No feed-forward (a Mamba block): the block is its mixer with a residual and one norm."""
+    return None
+
+
 # Registries of the parts a layer can use. A mixer is built as ``MIXERS[kind](config, layer, rope)``
 # and called as ``mixer(x, positions, cache, return_weights) -> (y, weights or None)``; a
-# feed-forward is built as ``FEEDFORWARDS[kind](config, layer)`` and called as ``ffn(x) -> y``.
+# feed-forward is built as ``FEEDFORWARDS[kind](config, layer)`` and called as ``ffn(x) -> y``
+# (a builder that returns None, as "none" does, leaves the block without feed-forward).
 MIXERS: dict[str, Callable[..., nn.Module]] = {"attention": _attention, "latent_attention": _latent_attention,
-                                                "linear_attention": _linear_attention}
-FEEDFORWARDS: dict[str, Callable[..., nn.Module]] = {"swiglu": _swiglu, "gelu": _gelu, "moe": _moe}
+                                                "linear_attention": _linear_attention, "s4d": _s4d,
+                                                "mamba": _mamba, "mamba2": _mamba2}
+FEEDFORWARDS: dict[str, Callable[..., nn.Module | None]] = {"swiglu": _swiglu, "gelu": _gelu, "moe": _moe,
+                                                            "none": _no_feedforward}
 
 
 class Block(nn.Module):
-    """A mixer and a feed-forward, each with a residual connection and a norm (pre or post)."""
+    """A mixer and a feed-forward, each with a residual connection and a norm (pre or post).
+
+    With the feed-forward kind ``"none"`` (``ffn`` and ``norm_2`` are None) the block is the mixer
+    alone: ``x + mixer(norm_1(x))`` (pre) or ``norm_1(x + mixer(x))`` (post).
+    """
 
     def __init__(self, config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> None:
         super().__init__()
@@ -241,8 +294,9 @@ class Block(nn.Module):
         self.residual = config.residual
         self.norm_1 = make_norm(config.norm, config.width, config.norm_eps)
         self.mixer = MIXERS[config.layer_mixers[index]](config, index, rope)
-        self.norm_2 = make_norm(config.norm, config.width, config.norm_eps)
-        self.ffn = FEEDFORWARDS[config.layer_feedforwards[index]](config, index)
+        ffn = FEEDFORWARDS[config.layer_feedforwards[index]](config, index)
+        self.norm_2 = None if ffn is None else make_norm(config.norm, config.width, config.norm_eps)
+        self.ffn = ffn
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -250,9 +304,13 @@ class Block(nn.Module):
         if self.pre:
             mixed, weights = self.mixer(self.norm_1(x), positions, cache, return_weights)
             x = keep * x + mixed
+            if self.ffn is None:
+                return x, weights
             return keep * x + self.ffn(self.norm_2(x)), weights
         mixed, weights = self.mixer(x, positions, cache, return_weights)
         x = self.norm_1(keep * x + mixed)
+        if self.ffn is None:
+            return x, weights
         return self.norm_2(keep * x + self.ffn(x)), weights
 
 
@@ -288,10 +346,17 @@ class Decoder(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     def _init(self, module: nn.Module) -> None:
-        """GPT-2's initialisation: N(0, 0.02) weights, zero biases; residual outputs scaled by 1/sqrt(2L)."""
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases; residual outputs scaled by 1/sqrt(2L).
+
+        A module marked ``_no_reinit`` keeps the initialisation its layer gave it (Mamba's ``dt_proj``,
+        as in the reference implementation); a mixer's output projection is ``out`` or ``out_proj``.
+        """
         std = self.config.init_std
+        if getattr(module, "_no_reinit", False):
+            return
         if isinstance(module, nn.Linear):
-            out_proj = any(module is getattr(b.mixer, "out", None) or module is getattr(b.ffn, "down", None)
+            out_proj = any(module is getattr(b.mixer, "out", None) or module is getattr(b.mixer, "out_proj", None)
+                           or module is getattr(b.ffn, "down", None)
                            or module is getattr(getattr(b.ffn, "shared", None), "down", None)  # MoE's shared experts
                            for b in getattr(self, "blocks", []))
             nn.init.normal_(module.weight, std=std / (2 * self.config.n_layers) ** 0.5 if out_proj else std)

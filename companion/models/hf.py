@@ -5,7 +5,9 @@ registered in :data:`CONVERTERS`: ``LlamaForCausalLM``; ``MixtralForCausalLM`` (
 mixture of experts, :mod:`companion.nn.moe`; optional sliding window); ``DeepseekV3ForCausalLM``
 (multi-head latent attention, :mod:`companion.nn.latent_attention`, in every layer; dense SwiGLU
 feed-forwards in the first ``first_k_dense_replace`` layers, then DeepSeek-V3's mixture of experts
-with sigmoid routing, selection bias, group-limited routing and shared experts). Each
+with sigmoid routing, selection bias, group-limited routing and shared experts);
+``MambaForCausalLM`` and ``Mamba2ForCausalLM`` (state space models, :mod:`companion.nn.mamba`,
+:mod:`companion.nn.mamba2`: every block a mixer with no feed-forward, no positions). Each
 converter maps the configuration field by field, refuses what the companion cannot reproduce
 exactly (with a ``ValueError`` naming it), and copies every weight. RoPE's scalings
 (``config.rope_parameters``) map to :class:`~companion.nn.rope_scaling.RopeScaling` through
@@ -24,6 +26,7 @@ from torch import nn
 
 from companion.models.decoder import Decoder, DecoderConfig
 from companion.nn.latent_attention import LatentShape, latent_attention_from_hf
+from companion.nn.mamba import MambaShape
 from companion.nn.moe import moe_from_hf
 from companion.nn.rope_scaling import RopeScaling
 
@@ -44,7 +47,8 @@ def register(*class_names: str):
 def from_hf(model: nn.Module) -> Decoder:
     """A companion :class:`Decoder` with the same configuration and weights as ``model``.
 
-    Supported: ``LlamaForCausalLM``, ``MixtralForCausalLM``, ``DeepseekV3ForCausalLM``, and any class
+    Supported: ``LlamaForCausalLM``, ``MixtralForCausalLM``, ``DeepseekV3ForCausalLM``,
+    ``MambaForCausalLM``, ``Mamba2ForCausalLM``, and any class
     registered in :data:`CONVERTERS`. The result is in eval mode, on the same device and in the same
     dtype as ``model`` (DeepSeek-V3's ``e_score_correction_bias`` stays float32).
     """
@@ -253,4 +257,103 @@ def _from_deepseek_v3(model: nn.Module) -> Decoder:
         else:
             _load_module(block.ffn, experts[index - first_dense])
     _copy_embeddings_and_norms(decoder, model)
+    return decoder
+
+
+# ------------------------------------------------------------------------------------------------
+# State space models: Mamba and Mamba-2 (chapter 7)
+# ------------------------------------------------------------------------------------------------
+
+def _refuse_ssm_options(model: nn.Module) -> None:
+    """What a Mamba or Mamba-2 checkpoint may ask that the decoder does not do (``ValueError`` naming it)."""
+    c = model.config
+    if c.hidden_act != "silu":
+        raise ValueError(f"only hidden_act='silu' (the activation after the convolution) is supported, "
+                         f"got {c.hidden_act!r}")
+    dtype = next(model.parameters()).dtype
+    if getattr(c, "residual_in_fp32", False) and dtype != torch.float32:
+        raise ValueError(f"residual_in_fp32=True in a {dtype} model is not supported: the decoder keeps its "
+                         "residual stream in the model's dtype (convert the model to float32, where the "
+                         "option changes nothing, or set residual_in_fp32=False)")
+
+
+def _copy_ssm_model(decoder: Decoder, model: nn.Module) -> None:
+    """Embeddings, each block's norm and mixer (same parameter names: a strict load), final norm, output."""
+    hf = model.backbone
+    decoder.embed.weight.copy_(hf.embeddings.weight)
+    for block, layer in zip(decoder.blocks, hf.layers):
+        block.norm_1.weight.copy_(layer.norm.weight)
+        block.norm_1.eps = layer.norm.variance_epsilon
+        block.mixer.load_state_dict(layer.mixer.state_dict(), strict=True)
+    decoder.norm.weight.copy_(hf.norm_f.weight)
+    decoder.norm.eps = hf.norm_f.variance_epsilon
+    if not decoder.config.tie_embeddings:
+        decoder.lm_head.weight.copy_(model.lm_head.weight)
+
+
+def _ssm_decoder(c, kind: str, shape: MambaShape) -> Decoder:
+    """A decoder of ``num_hidden_layers`` blocks ``x + mixer(RMSNorm(x))`` of ``kind``, no positions, no MLP."""
+    n = c.num_hidden_layers
+    return Decoder(DecoderConfig(
+        vocab_size=c.vocab_size, width=c.hidden_size, n_layers=n, n_heads=1, norm="rmsnorm",
+        norm_eps=c.layer_norm_epsilon, norm_position="pre", positions="none",
+        tie_embeddings=bool(c.tie_word_embeddings), mixers=(kind,) * n, feedforwards=("none",) * n, ssm=shape))
+
+
+@register("MambaForCausalLM")
+@torch.no_grad()
+def _from_mamba(model: nn.Module) -> Decoder:
+    """Mamba (Gu and Dao 2023): every block ``x + MambaMixer(RMSNorm(x))``, no positions, no feed-forward.
+
+    ``state_size``, ``conv_kernel``, ``expand``, ``time_step_rank``, ``use_conv_bias`` and ``use_bias``
+    map to a :class:`~companion.nn.mamba.MambaShape`; the mixer's parameters are transformers' own
+    names (a strict ``load_state_dict``). Accepted and without effect here: ``use_mambapy`` and
+    ``use_associative_scan`` (other algorithms for the same scan), ``rescale_prenorm_residual`` and
+    the ``time_step_{min,max,floor,scale,init_scheme}`` fields (initialisation only),
+    ``residual_in_fp32`` in a float32 model. Refused (``ValueError`` naming them): ``hidden_act``
+    other than silu; ``residual_in_fp32=True`` in a model of another dtype.
+    """
+    c = model.config
+    _refuse_ssm_options(model)
+    shape = MambaShape(d_state=c.state_size, d_conv=c.conv_kernel, expand=c.expand, dt_rank=int(c.time_step_rank),
+                       conv_bias=bool(c.use_conv_bias), bias=bool(c.use_bias))
+    if shape.d_inner(c.hidden_size) != c.intermediate_size:
+        raise ValueError(f"intermediate_size ({c.intermediate_size}) must be expand * hidden_size "
+                         f"({c.expand} * {c.hidden_size})")
+    decoder = _ssm_decoder(c, "mamba", shape)
+    _copy_ssm_model(decoder, model)
+    return decoder
+
+
+@register("Mamba2ForCausalLM")
+@torch.no_grad()
+def _from_mamba2(model: nn.Module) -> Decoder:
+    """Mamba-2 (Dao and Gu 2024): every block ``x + Mamba2Mixer(RMSNorm(x))``, no positions, no feed-forward.
+
+    ``state_size``, ``conv_kernel``, ``expand``, ``head_dim`` (``num_heads = expand * hidden_size /
+    head_dim``), ``n_groups``, ``chunk_size``, ``use_conv_bias`` and ``use_bias`` map to a
+    :class:`~companion.nn.mamba.MambaShape`; ``layer_norm_epsilon`` is the eps of every RMSNorm,
+    the gated one included. Accepted and without effect: ``time_step_rank`` (unused by Mamba-2),
+    ``rescale_prenorm_residual`` and ``time_step_{min,max,floor}`` (initialisation only),
+    ``residual_in_fp32`` in a float32 model. Refused (``ValueError`` naming them): ``hidden_act``
+    other than silu; ``residual_in_fp32=True`` in a model of another dtype; a ``time_step_limit``
+    other than ``(0, inf)`` (transformers clamps ``dt`` in its chunked path but not in its
+    one-token step, so a model with a limit does not decode as it prefills); ``n_groups`` that does
+    not divide ``num_heads``.
+    """
+    c = model.config
+    _refuse_ssm_options(model)
+    limit = tuple(float(v) for v in c.time_step_limit)
+    if limit != (0.0, float("inf")):
+        raise ValueError(f"time_step_limit={tuple(c.time_step_limit)!r} is not supported (only (0.0, inf)): "
+                         "transformers clamps dt when it prefills but not when it decodes one token")
+    shape = MambaShape(d_state=c.state_size, d_conv=c.conv_kernel, expand=c.expand, head_dim=c.head_dim,
+                       n_groups=c.n_groups, chunk_size=c.chunk_size, conv_bias=bool(c.use_conv_bias),
+                       bias=bool(c.use_bias))
+    shape.check_mamba2(c.hidden_size)
+    if shape.n_heads(c.hidden_size) != c.num_heads:
+        raise ValueError(f"num_heads ({c.num_heads}) must be expand * hidden_size / head_dim "
+                         f"({c.expand} * {c.hidden_size} / {c.head_dim})")
+    decoder = _ssm_decoder(c, "mamba2", shape)
+    _copy_ssm_model(decoder, model)
     return decoder

@@ -1,5 +1,5 @@
-"""The parts that models are assembled from: sequence mixers, feed-forwards (dense and mixture of experts),
-norms, positions."""
+"""The parts that models are assembled from: sequence mixers (attention variants, state space layers),
+feed-forwards (dense and mixture of experts), norms, positions."""
 
 from companion.nn.attention import Attention
 from companion.nn.cache import KVCache
@@ -9,6 +9,8 @@ from companion.nn.latent_attention import (LatentAttention, LatentShape, latent_
                                             latent_softmax_scale)
 from companion.nn.linear_attention import (LinearAttention, linear_attention_chunked,
                                            linear_attention_parallel, linear_attention_recurrent)
+from companion.nn.mamba import MambaMixer, MambaShape, causal_conv1d
+from companion.nn.mamba2 import GatedRMSNorm, Mamba2Mixer, segment_sum, ssd_chunked
 from companion.nn.moe import (MoE, MoELoad, MoEShape, Routing, moe_aux_loss, moe_dispatch, moe_from_hf, moe_layers,
                               moe_loop_reference, update_moe_biases)
 from companion.nn.norms import LayerNorm, RMSNorm
@@ -32,5 +34,6 @@ __all__ = [
     "moe_loop_reference", "update_moe_biases", "capacity_mask", "expert_capacity", "expert_choice",
     "group_limited_mask", "load_balancing_loss", "router_probabilities", "router_scores", "router_z_loss",
     "token_choice", "S4DLayer", "causal_convolution_fft", "discretize_bilinear", "discretize_zoh",
-    "ssm_convolutional", "ssm_kernel", "ssm_recurrent",
+    "ssm_convolutional", "ssm_kernel", "ssm_recurrent", "GatedRMSNorm", "Mamba2Mixer", "MambaMixer", "MambaShape",
+    "causal_conv1d", "segment_sum", "ssd_chunked",
 ]

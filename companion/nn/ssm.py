@@ -65,7 +65,8 @@ def _check_system(A: torch.Tensor, B: torch.Tensor, delta: torch.Tensor) -> None
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a (channels, state) tensor, got {got}")
     if A.shape != B.shape:
-        raise ValueError(f"A and B must have the same shape (channels, state), got {tuple(A.shape)} and {tuple(B.shape)}")
+        raise ValueError(f"A and B must have the same shape (channels, state), got {tuple(A.shape)} and "
+                         f"{tuple(B.shape)}")
     if not isinstance(delta, torch.Tensor) or delta.shape != A.shape[:1] or delta.is_complex():
         got = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
         raise ValueError(f"delta must be a real (channels,) = {tuple(A.shape[:1])} tensor, got {got}")
@@ -89,7 +90,8 @@ def discretize_zoh(A: torch.Tensor, B: torch.Tensor, delta: torch.Tensor) -> tup
 
 
 def discretize_bilinear(A: torch.Tensor, B: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bilinear (Tustin) transform: ``Abar = (1 + Delta A/2) / (1 - Delta A/2)``, ``Bbar = Delta B / (1 - Delta A/2)``.
+    """The bilinear (Tustin) transform: ``Abar = (1 + Delta A/2) / (1 - Delta A/2)``,
+    ``Bbar = Delta B / (1 - Delta A/2)``.
 
     Same arguments and results as :func:`discretize_zoh`; the trapezoid rule for the ODE, as S4 and
     HiPPO use it (Gu et al. 2022, "Efficiently Modeling Long Sequences with Structured State
@@ -114,7 +116,8 @@ def _check_input(u: torch.Tensor, abar: torch.Tensor, bbar: torch.Tensor, C: tor
         got = {k: tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for k, t in shapes.items()}
         raise ValueError(f"Abar, Bbar and C must all be (channels, state), got {got}")
     if u.shape[1] != abar.shape[0]:
-        raise ValueError(f"u has {u.shape[1]} channels but the system has {abar.shape[0]} (u is (batch, channels, length))")
+        raise ValueError(f"u has {u.shape[1]} channels but the system has {abar.shape[0]} "
+                         "(u is (batch, channels, length))")
 
 
 def _skip(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
@@ -188,7 +191,8 @@ def causal_convolution_fft(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tenso
     """
     if not isinstance(u, torch.Tensor) or u.ndim != 3 or not isinstance(kernel, torch.Tensor) or kernel.ndim != 2:
         raise ValueError("expected u (batch, channels, length) and kernel (channels, kernel_length), got "
-                         f"{getattr(u, 'shape', type(u).__name__)} and {getattr(kernel, 'shape', type(kernel).__name__)}")
+                         f"{getattr(u, 'shape', type(u).__name__)} and "
+                         f"{getattr(kernel, 'shape', type(kernel).__name__)}")
     if kernel.shape[0] != u.shape[1] or kernel.is_complex() or u.is_complex():
         raise ValueError(f"the kernel must be real with one row per channel of u ({u.shape[1]}), "
                          f"got {kernel.dtype} of shape {tuple(kernel.shape)}")
