@@ -258,6 +258,8 @@ def test_the_decoder_registers_the_ssm_mixers_and_keeps_their_initialisation():
     out_std = 0.02 / (2 * 3) ** 0.5                                             # the residual projections, scaled
     assert abs(mamba.out_proj.weight.std().item() - out_std) < 0.3 * out_std
     assert abs(mamba.in_proj.weight.std().item() - 0.02) < 0.3 * 0.02
+    lti = Decoder(DecoderConfig(vocab_size=40, width=16, n_layers=1, n_heads=2, mixers=("s4d",), positions="none"))
+    assert lti.config.ssm is None and lti.blocks[0].mixer.state_size == 64        # s4d needs no MambaShape
 
 
 HYBRIDS = [
