@@ -30,8 +30,6 @@ from companion.models import from_hf  # noqa: E402
 from companion.nn.mamba import MambaMixer  # noqa: E402
 from companion.nn.mamba2 import Mamba2Mixer  # noqa: E402
 
-from test_mamba import scan_kernel  # noqa: E402,F401  (the mixer's scan until issue 7's kernel lands)
-
 VOCAB = 83
 FALLBACKS = {modeling_mamba: ("causal_conv1d_fn", "causal_conv1d_update", "mamba_inner_fn", "mamba_selective_scan",
                               "mamba_selective_state_update"),

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import companion.nn.mamba as mamba_module
 from companion.models import Decoder, DecoderConfig
 from companion.nn import KVCache
 from companion.nn.mamba import MambaMixer, MambaShape, causal_conv1d
@@ -18,50 +17,6 @@ from companion.nn.mamba2 import Mamba2Mixer
 from companion.nn.ssm import S4DLayer
 
 EXACT = dict(atol=1e-10, rtol=1e-10)
-
-
-# ------------------------------------------------------------------ a sequential scan, for reference
-def sequential_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                    return_last_state=False, backend="auto"):
-    """The selective scan as a loop (Gu and Dao 2023, Algorithm 2): u, delta, z (b, d, L), A (d, n), B, C (b, n, L)."""
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for t in range(u.shape[-1]):
-        h = torch.exp(delta[..., t, None] * A) * h + delta[..., t, None] * B[:, None, :, t] * u[..., t, None]
-        ys.append((h * C[:, None, :, t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + D[:, None] * u
-    if z is not None:
-        y = y * F.silu(z)
-    return (y, h) if return_last_state else y
-
-
-def scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """One step of :func:`sequential_scan`: u, delta, z (b, d), B, C (b, n), state (b, d, n)."""
-    if delta_bias is not None:
-        delta = delta + delta_bias
-    if delta_softplus:
-        delta = F.softplus(delta)
-    state = torch.exp(delta[..., None] * A) * state + delta[..., None] * B[:, None, :] * u[..., None]
-    y = (state * C[:, None, :]).sum(-1)
-    if D is not None:
-        y = y + D * u
-    if z is not None:
-        y = y * F.silu(z)
-    return y, state
-
-
-@pytest.fixture(autouse=True)
-def scan_kernel(monkeypatch):
-    """Until issue 7's kernel (companion/kernels/selective_scan.py) lands, the mixer scans with the loop above."""
-    if mamba_module.selective_scan is None:
-        monkeypatch.setattr(mamba_module, "selective_scan", sequential_scan)
-        monkeypatch.setattr(mamba_module, "selective_scan_step", scan_step)
 
 
 def randomise(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:

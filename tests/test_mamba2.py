@@ -8,10 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import companion.nn.mamba as mamba_module
+from companion.kernels import selective_scan
 from companion.nn.mamba2 import GatedRMSNorm, segment_sum, ssd_chunked
-
-from test_mamba import scan_kernel  # noqa: F401  (the scan the mixer uses, until issue 7's kernel lands)
 
 EXACT = dict(atol=1e-10, rtol=1e-10)
 
@@ -67,18 +65,20 @@ def test_chunked_ssd_continues_from_its_final_state():
     torch.testing.assert_close(state, last, **EXACT)
 
 
-def test_with_one_group_the_ssd_is_the_selective_scan_with_a_scalar_a_per_head():
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_ssd_is_the_selective_scan_with_a_scalar_a_per_head(groups):
     """Mamba-2's SSM is Mamba's with A and dt tied across the P channels of a head: the kernel computes it too."""
-    x, dt, A, B, C, D, _ = random_inputs(groups=1, seed=3)
+    x, dt, A, B, C, D, _ = random_inputs(groups=groups, seed=3)
     batch, seq, heads, p = x.shape
     n = B.shape[-1]
-    y, _ = ssd_chunked(x, dt, A, B, C, 4, D=D)
+    y, last = ssd_chunked(x, dt, A, B, C, 4, D=D)
     u = x.reshape(batch, seq, heads * p).transpose(1, 2)                                    # (b, d, L)
     delta = dt.repeat_interleave(p, dim=-1).transpose(1, 2)
     A_full = A.repeat_interleave(p)[:, None].expand(heads * p, n)                           # (d, n)
-    scanned = mamba_module.selective_scan(u, delta, A_full, B[:, :, 0].transpose(1, 2), C[:, :, 0].transpose(1, 2),
-                                          D=D.repeat_interleave(p))
+    scanned, state = selective_scan(u, delta, A_full, B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1),  # (b, g, n, L)
+                                    D=D.repeat_interleave(p), return_last_state=True)
     torch.testing.assert_close(scanned.transpose(1, 2).reshape(batch, seq, heads, p), y, **EXACT)
+    torch.testing.assert_close(state.reshape(batch, heads, p, n), last, **EXACT)
 
 
 def test_segment_sum_by_hand():

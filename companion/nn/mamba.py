@@ -7,7 +7,7 @@ what to remember: every token enters the state in the same way. Mamba makes the 
 and the matrices ``B`` and ``C`` functions of the input (section 3.2, "selection"), so that a token
 can be let in (large ``Delta``: ``Abar = exp(Delta A)`` near 0, the state is reset to this token) or
 ignored (``Delta`` near 0: ``Abar`` near 1, the state passes through). The convolution is lost;
-a scan over time takes its place (:func:`companion.kernels.selective_scan`, issue 7's kernel).
+a scan over time takes its place (:func:`~companion.kernels.selective_scan.selective_scan`).
 
 The block of Figure 3, for ``x`` ``(batch, seq, width)``, with ``d_inner = expand * width``,
 ``N = d_state`` and ``R = dt_rank``::
@@ -29,7 +29,7 @@ parameter: :meth:`MambaMixer.load_state_dict` takes theirs unchanged.
 ``d_conv - 1`` inputs of the convolution and the SSM state ``h``: ``conv_state`` ``(batch,
 d_inner, d_conv - 1)`` and ``ssm_state`` ``(batch, d_inner, N)``, kept in the
 :class:`~companion.nn.cache.KVCache` with ``set_state``. A prefill runs the full scan
-(``return_last_state=True``); every later token is one :func:`~companion.kernels.selective_scan_step`.
+(``return_last_state=True``); every later token is one :func:`~companion.kernels.selective_scan.selective_scan_step`.
 The memory does not grow with the context, unlike an attention layer's keys and values.
 
 :class:`MambaShape` holds the sizes of Mamba and Mamba-2 layers (:mod:`companion.nn.mamba2`) in a
@@ -45,12 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from companion.kernels.selective_scan import selective_scan, selective_scan_step
 from companion.nn.cache import KVCache
-
-try:  # issue 7's kernel; the mixer is written against its signature (see the module docstring)
-    from companion.kernels.selective_scan import selective_scan, selective_scan_step
-except ImportError:  # pragma: no cover - until companion/kernels/selective_scan.py lands
-    selective_scan = selective_scan_step = None
 
 
 def _positive_int(value) -> bool:
@@ -138,12 +134,6 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y, padded[..., padded.shape[-1] - past:]
 
 
-def _scan_functions():
-    if selective_scan is None:  # pragma: no cover
-        raise ImportError("companion.kernels.selective_scan (issue 7's kernel) is not available")
-    return selective_scan, selective_scan_step
-
-
 class MambaMixer(nn.Module):
     """A Mamba layer (Gu and Dao 2023, Figure 3) with the decoder's mixer interface.
 
@@ -197,26 +187,24 @@ class MambaMixer(nn.Module):
                 raise ValueError(f"the cache was made for batch {cache.batch}, got input for batch {batch}")
             cache.check_room(seq)
             previous = cache.state(self.layer_index)
-        scan, step = _scan_functions()
-        compute = torch.promote_types(x.dtype, torch.float32)            # the SSM runs in float32 at least
         u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)           # (batch, d_inner, seq) each
         u, conv_state = causal_conv1d(u, self.conv1d.weight, self.conv1d.bias,
                                       None if previous is None else previous[0])
         u = F.silu(u)
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = self.dt_proj.weight @ dt.transpose(1, 2)                 # (batch, d_inner, seq); bias in the scan
-        A = -torch.exp(self.A_log.to(compute))                           # (d_inner, N)
-        u, delta, z = u.to(compute), delta.to(compute), z.to(compute)
-        B, C = B.transpose(1, 2).to(compute), C.transpose(1, 2).to(compute)   # (batch, N, seq)
-        options = dict(D=self.D.to(compute), delta_bias=self.dt_proj.bias.to(compute), delta_softplus=True)
+        A = -torch.exp(self.A_log.to(torch.promote_types(x.dtype, torch.float32)))   # (d_inner, N)
+        B, C = B.transpose(1, 2), C.transpose(1, 2)                       # (batch, N, seq)
+        # the kernel computes in float32 at least, whatever the dtypes (mixed freely, as mamba_ssm's)
+        options = dict(D=self.D, delta_bias=self.dt_proj.bias, delta_softplus=True)
         if previous is None:                                              # training, or a prefill
-            y = scan(u, delta, A, B, C, z=z, return_last_state=cache is not None, **options)
+            y = selective_scan(u, delta, A, B, C, z=z, return_last_state=cache is not None, **options)
             y, ssm_state = y if cache is not None else (y, None)
         else:                                                             # decoding: one step per token
             ssm_state, outputs = previous[1], []
             for t in range(seq):
-                y_t, ssm_state = step(ssm_state, u[..., t], delta[..., t], A, B[..., t], C[..., t],
-                                      z=z[..., t], **options)
+                y_t, ssm_state = selective_scan_step(ssm_state, u[..., t], delta[..., t], A, B[..., t], C[..., t],
+                                                     z=z[..., t], **options)
                 outputs.append(y_t)
             y = torch.stack(outputs, dim=-1)
         if cache is not None:

@@ -31,8 +31,9 @@ attention's keys). The block (section 7, Figure 6, and transformers' ``Mamba2Mix
 after the first call continue from it through :func:`ssd_chunked` with ``initial_state`` (a single
 token is a chunk of one: the recurrence above, one step).
 
-With n_groups = 1, Mamba-2's SSM is Mamba's selective scan (:func:`companion.kernels.selective_scan`)
-with ``A`` and ``dt`` tied across the ``P`` channels of each head; the tests check that identity.
+Mamba-2's SSM is Mamba's selective scan (:func:`~companion.kernels.selective_scan.selective_scan`, with
+``B`` and ``C`` in groups) with ``A`` and ``dt`` tied across the ``P`` channels of each head; the tests
+check that identity.
 """
 
 from __future__ import annotations
