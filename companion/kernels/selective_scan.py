@@ -31,8 +31,8 @@ The backends of :func:`selective_scan` (``backend=``):
   its saved state and runs the adjoint recurrence backwards through it. Why not the parallel form,
   cumulative sums of ``dt A`` giving every intra-chunk decay at once: Mamba's decay depends on the
   state index ``n`` as well as the channel, so that form needs ``chunk x chunk x state`` decays per
-  channel (``chunk`` times the work), and on the CPU it was 2 to 4 times slower than the plain loop
-  (measured for ``benchmarks/selective_scan.py``; see :func:`selective_scan_chunked`).
+  channel (``chunk`` times the work), and forms that run chunks side by side were 2 to 3 times
+  slower than the plain loop on the CPU (see :func:`selective_scan_chunked`).
 - ``"triton"`` (:func:`selective_scan_triton`): Triton kernels, forward and backward, chunked
   along time with a parallel scan inside each chunk (the design is described above
   :func:`_forward_kernel`); on CUDA, or on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``).
@@ -83,11 +83,12 @@ __all__ = ["BACKENDS", "CHUNK_SIZE", "selective_scan", "selective_scan_chunked",
 # the dtypes every argument may have (freely mixed); the Triton path takes TRITON_DTYPES
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# The chunked backend's steps per chunk. Measured on a shared two-core AMD EPYC (one torch thread),
-# forward + backward at batch 2, dim 512, state 16, length 512: chunks of 8 took 0.20 s, of 16
-# 0.21 s, of 32 0.32 s, of 64 0.35 s (a chunk's tensors, chunk * batch * dim * state floats, stop
-# fitting in the cache), the reference loop 0.25 s; at batch 4, dim 64, length 512: 0.07, 0.06,
-# 0.05, 0.06 s and 0.12 s; at batch 8, dim 128, length 256: 0.10, 0.09, 0.14, 0.15 s and 0.10 s.
+# The chunked backend's steps per chunk. Forward + backward on a two-core AMD EPYC, one torch
+# thread, quiet machine: at batch 2, dim 512, state 16, length 512, chunks of 8 took 0.146 s, of 16
+# 0.139 s, of 32 0.196 s, of 64 0.207 s (a chunk's tensors, chunk * batch * dim * state floats,
+# stop fitting in the cache), the reference loop 0.161 s; at batch 8, dim 128, length 256: 0.060,
+# 0.060, 0.091, 0.099 s and 0.065 s; at batch 4, dim 64, length 512: 0.045, 0.036, 0.034, 0.034 s
+# and 0.075 s.
 CHUNK_SIZE = 16
 
 
@@ -331,15 +332,22 @@ def selective_scan_chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
     instead of every step's state and decay as autograd through the loop keeps.
 
     Why a sequential step inside each chunk. The parallel alternative computes a chunk's states at
-    once from cumulative sums of ``dt A`` (the decay from ``s`` to ``t`` is ``exp(S[t] - S[s])``);
-    because Mamba's ``A`` is a ``(dim, state)`` diagonal, not one number per head as in Mamba-2,
-    those decays form a ``chunk x chunk`` matrix per channel and state index and cost ``chunk``
-    times the recurrence's work. Measured on the CPU (forward + backward, batch 2, dim 512, state
-    16, length 512): two-level parallel forms through autograd 0.40 to 0.62 s, the reference loop
-    0.16 to 0.24 s, this function 0.18 s with chunks of 16 (its written-out backward does the
-    work that autograd's dozens of small operations per step did; see ``benchmarks/selective_scan.py``).
-    The speed comes from batching the transcendental and contraction work per chunk and from fewer,
-    fused operations per step, not from parallelism across chunks.
+    once from cumulative sums of ``dt A`` (the decay from ``s`` to ``t`` is ``exp(S[t] - S[s])``,
+    ``s <= t``); because Mamba's ``A`` is a ``(dim, state)`` diagonal, not one number per head as in
+    Mamba-2, those decays form a ``chunk x chunk`` matrix per channel and state index: ``chunk``
+    times the recurrence's work, with no matrix multiply to put it in. Forms that run the chunks
+    side by side instead (each chunk's steps vectorized across chunks, decays within a chunk from
+    cumulative sums, then a recurrence over the chunks' states) were measured too: through autograd
+    they took 0.39 to 0.62 s (forward + backward, batch 2, dim 512, state 16, length 512, one
+    thread, a busy machine) where the reference loop took 0.16 to 0.24 s: each of their operations
+    streams ``length * batch * dim * state`` values through memory, where a step of the loop works
+    on ``batch * dim * state`` values in cache. What this function gains over the reference
+    (``benchmarks/selective_scan.py``, one thread: 1.07 times faster at batch 2, dim 512, 1.9 times
+    at batch 4, dim 64, where the loop's small operations cost more than their arithmetic; a third
+    of the memory; 7 to 137 times faster than transformers' PyTorch fallback) comes from the
+    written-out backward and from batching the exponentials and contractions per chunk, not from
+    parallelism across chunks. With more threads, the per-chunk operations, large enough to be
+    split, gain more than the loop's.
     """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"selective_scan_chunked: expected chunk_size to be a positive int, got {chunk_size!r}")
