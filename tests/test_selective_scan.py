@@ -42,7 +42,7 @@ needs_triton = pytest.mark.skipif(not triton_can_run(),
                                          "TRITON_INTERPRET is not 1)")
 # the interpreter runs on CPU tensors; with TRITON_INTERPRET=0 the kernels are compiled for the GPU
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and not triton_interpreter() else "cpu")
-KERNEL_DRAWS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+KERNEL_DRAWS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # the constant of the bound (module docstring); the measured worst ratio of error to
 # u * (length + state + 8) * magnitude, over 60 random cases per backend and dtype, was 0.34
 SLACK = 1.0
