@@ -30,7 +30,7 @@ from companion import bench, seed_everything
 from companion.device import triton_installed, triton_interpreter
 from companion.kernels import grouped_matmul
 
-from record import record
+from record import load_verdict, record
 
 # (experts, tokens, top_k, in_features, out_features)
 SHAPES = {
@@ -174,12 +174,12 @@ def main() -> None:
         "arithmetic without grouping",
     ]
     if load_before is not None:
+        load_after = os.getloadavg()[0]
         notes.append(f"machine load (1-minute load average) {load_before:.1f} at the start and "
-                     f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores: above the core count, "
-                     f"other work shared the CPU and the times are less reliable")
+                     f"{load_after:.1f} at the end: {load_verdict([load_before, load_after])}")
     if device.type == "cpu":
-        notes.append(f"run on a shared machine (other jobs were running on its cores) with "
-                     f"{torch.get_num_threads()} torch thread(s): the ratios are more trustworthy than the absolute times. On the recorded "
+        notes.append(f"run with {torch.get_num_threads()} torch thread(s): the ratios are more trustworthy than "
+                     f"the absolute times. On the recorded "
                      f"two-core machine, under a load average near 5, two torch threads waited on each other "
                      f"and one call's time swung by up to 10x; hence --threads 1")
         notes.append("Triton kernel not timed: no CUDA GPU here (on the CPU it runs only through Triton's "

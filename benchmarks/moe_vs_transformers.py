@@ -37,7 +37,7 @@ from companion import bench, seed_everything
 from companion.models import from_hf
 from companion.nn.moe import moe_from_hf, moe_loop_reference
 
-from record import record
+from record import load_verdict, record
 
 SHAPE = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
              num_attention_heads=8, num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
@@ -264,8 +264,8 @@ def main() -> None:
     notes = [
         f"device: cpu, {torch.get_num_threads()} torch threads on {os.cpu_count()} cores; machine load "
         f"(1, 5, 15-minute load averages) {', '.join(f'{v:.1f}' for v in load_before)} at the start and "
-        f"{', '.join(f'{v:.1f}' for v in load_after)} at the end: above the core count, other work shared the "
-        f"CPU and the times are less reliable",
+        f"{', '.join(f'{v:.1f}' for v in load_after)} at the end: "
+        f"{load_verdict([load_before[0], load_after[0]])}",
         f"each row is the round with the median speedup of {args.rounds} rounds (1 for the per-token loop), each "
         f"round the median of {args.repeats} calls ({args.loop_repeats} for the loop) alternated with the other "
         f"candidate's (companion.bench.compare); the range is over the rounds; speedup = the second candidate's "

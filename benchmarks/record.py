@@ -124,6 +124,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_verdict(loads: list[float], cores: int | None = None) -> str:
+    """What the machine's load averages say about the timings: above the core count, other work shared the CPU."""
+    cores = cores or os.cpu_count() or 1
+    if max(loads) > cores:
+        return f"above the core count ({cores}): other work shared the CPU and the times are less reliable"
+    return f"at or below the core count ({cores}): the CPU was not oversubscribed"
+
+
 def record(benchmark: str, *, title: str, description: str, columns: list[str], rows: list[list],
            notes: list[str] | None = None) -> pathlib.Path:
     """Write one result as JSON (and beside it as Markdown) and return the JSON file's path."""

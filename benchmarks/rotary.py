@@ -26,7 +26,7 @@ from companion.device import triton_installed, triton_interpreter
 from companion.kernels import rotary
 from companion.nn.positions import RotaryEmbedding
 
-from record import record
+from record import load_verdict, record
 
 # (batch, seq, q_heads, kv_heads, head_dim): Llama-style grouped-query heads
 SHAPES = {
@@ -140,9 +140,9 @@ def main() -> None:
         "twice that with the backward pass) per second",
     ]
     if load_before is not None:
+        load_after = os.getloadavg()[0]
         notes.append(f"machine load (1-minute load average) {load_before:.1f} at the start and "
-                     f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores: above the core count, "
-                     f"other work shared the CPU and the times are less reliable")
+                     f"{load_after:.1f} at the end: {load_verdict([load_before, load_after])}")
     if device.type == "cuda" and "triton" not in found:
         notes.append("Triton kernel not timed: triton is not installed, or TRITON_INTERPRET=1 was set")
     if device.type == "cpu":
