@@ -1,11 +1,12 @@
-"""companion.data.synthetic: the order task and the recall task, checked against their definitions."""
+"""companion.data.synthetic: every synthetic task, checked against its definition."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.data import associative_recall_task, order_task, pair_lookup_task, passkey_task, recall_task
+from companion.data import (associative_recall_task, induction_task, order_task, pair_lookup_task, passkey_task,
+                            recall_task, selective_copy_task)
 
 A, B = 0, 1
 
@@ -304,3 +305,146 @@ def test_pair_lookup_rejects_bad_arguments(kwargs, name):
     arguments = {"n": 2, "pairs": 4} | kwargs
     with pytest.raises(ValueError, match=name):
         pair_lookup_task(**arguments)
+
+
+# --------------------------------------------------------------------------- selective_copy_task
+def copy_oracle(prefix: list[int], vocab: int) -> int | None:
+    """What a causal reader can answer after reading ``prefix`` (a row's ``inputs[:p + 1]``) alone.
+
+    After the ``j``-th copy marker, the ``j``-th content token read so far; before any marker, nothing.
+    """
+    markers = prefix.count(vocab + 1)
+    content = [token for token in prefix if token < vocab]
+    return content[markers - 1] if markers else None
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 6), data=st.data(), vocab=st.integers(1, 10), seed=st.integers(0, 2**31 - 1))
+def test_selective_copy_rows_hold_the_content_in_order_among_blanks_then_markers(n, data, vocab, seed):
+    length = data.draw(st.integers(1, 24))
+    tokens = data.draw(st.integers(1, length))
+    inputs, targets = selective_copy_task(n, length=length, tokens=tokens, vocab=vocab, generator=seeded(seed))
+    assert inputs.shape == targets.shape == (n, length + tokens)
+    assert inputs.dtype == targets.dtype == torch.long
+    blank, marker = vocab, vocab + 1
+    for row, target in zip(inputs.tolist(), targets.tolist()):
+        first, copy = row[:length], row[length:]
+        content = [token for token in first if token != blank]
+        assert len(content) == tokens and all(0 <= token < vocab for token in content)
+        assert first.count(blank) == length - tokens
+        assert copy == [marker] * tokens
+        assert target == [-100] * length + content    # scored exactly at the markers, content in order
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 4), data=st.data(), vocab=st.integers(1, 8), seed=st.integers(0, 2**31 - 1))
+def test_selective_copy_targets_are_computable_from_the_causal_prefix(n, data, vocab, seed):
+    """The next-token alignment: every scored target follows from inputs[:p + 1], so a causal model can learn it."""
+    length = data.draw(st.integers(1, 20))
+    tokens = data.draw(st.integers(1, length))
+    inputs, targets = selective_copy_task(n, length=length, tokens=tokens, vocab=vocab, generator=seeded(seed))
+    for row, target in zip(inputs.tolist(), targets.tolist()):
+        for p, expected in enumerate(target):
+            answer = copy_oracle(row[:p + 1], vocab)
+            if expected == -100:
+                assert answer is None  # unscored positions are exactly those with no answer yet
+            else:
+                assert answer == expected
+
+
+def test_selective_copy_oracle_fed_the_prefix_scores_perfectly_under_cross_entropy():
+    vocab = 5
+    inputs, targets = selective_copy_task(64, length=12, tokens=4, vocab=vocab, generator=seeded(0))
+    logits = torch.full((*inputs.shape, vocab + 2), -30.0)
+    for row in range(inputs.shape[0]):
+        for p in range(inputs.shape[1]):
+            answer = copy_oracle(inputs[row, :p + 1].tolist(), vocab)  # the causal prefix only
+            logits[row, p, vocab if answer is None else answer] = 30.0
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab + 2), targets.reshape(-1))
+    assert loss.item() < 1e-6
+    # the same oracle one position late (answering from inputs[:p]) misses the first answer of every row
+    late = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab + 2), targets[:, 1:].reshape(-1))
+    assert late.item() > 1.0
+
+
+def test_selective_copy_is_reproducible_and_its_content_moves():
+    first = selective_copy_task(2000, length=16, tokens=4, vocab=6, generator=seeded(2))
+    again = selective_copy_task(2000, length=16, tokens=4, vocab=6, generator=seeded(2))
+    other = selective_copy_task(2000, length=16, tokens=4, vocab=6, generator=seeded(3))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+    inputs, targets = first
+    assert set(targets[:, 16:].flatten().tolist()) == set(range(6))
+    # the content is not at fixed offsets (what defeats a time-invariant convolution): the first content
+    # token's place ranges over 0 .. length - tokens, the last one's over tokens - 1 .. length - 1
+    is_content = inputs[:, :16] < 6
+    first_place = is_content.float().argmax(1)
+    last_place = 15 - is_content.flip(1).float().argmax(1)
+    assert set(first_place.tolist()) == set(range(13)) and set(last_place.tolist()) == set(range(3, 16))
+
+
+def test_selective_copy_smallest_and_full_cases():
+    inputs, targets = selective_copy_task(10, length=1, tokens=1, vocab=1, generator=seeded(0))
+    assert (inputs == torch.tensor([0, 2])).all() and (targets == torch.tensor([-100, 0])).all()
+    inputs, targets = selective_copy_task(10, length=5, tokens=5, vocab=3, generator=seeded(1))  # no blanks
+    assert torch.equal(targets[:, 5:], inputs[:, :5]) and (inputs[:, 5:] == 4).all()
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"n": 0}, "n must"), ({"length": 0}, "length must"), ({"tokens": 0}, "tokens must"), ({"vocab": 0}, "vocab must"),
+    ({"tokens": 2.0}, "tokens must"), ({"length": True}, "length must"), ({"vocab": None}, "vocab must"),
+    ({"tokens": 9}, "tokens must be at most length"),
+])
+def test_selective_copy_rejects_bad_arguments(kwargs, name):
+    arguments = {"n": 2, "length": 8, "tokens": 3, "vocab": 4} | kwargs
+    with pytest.raises(ValueError, match=name):
+        selective_copy_task(**arguments)
+
+
+# -------------------------------------------------------------------------------- induction_task
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 8), length=st.integers(3, 40), vocab=st.integers(1, 10), seed=st.integers(0, 2**31 - 1))
+def test_induction_rows_repeat_the_trigger_at_the_end_and_ask_for_the_value(n, length, vocab, seed):
+    inputs, targets = induction_task(n, length=length, vocab=vocab, generator=seeded(seed))
+    assert inputs.shape == targets.shape == (n, length)
+    assert inputs.dtype == targets.dtype == torch.long
+    trigger = vocab
+    for row, target in zip(inputs.tolist(), targets.tolist()):
+        assert row.count(trigger) == 2 and row[-1] == trigger        # once inside, once at the end
+        assert all(0 <= token <= trigger for token in row)
+        place = row.index(trigger)
+        assert place <= length - 3
+        value = row[place + 1]
+        assert 0 <= value < vocab                                     # a content token follows the trigger
+        assert target == [-100] * (length - 1) + [value]
+
+
+def test_induction_is_reproducible_spread_and_works_at_other_lengths():
+    first = induction_task(3000, length=10, vocab=4, generator=seeded(5))
+    again = induction_task(3000, length=10, vocab=4, generator=seeded(5))
+    other = induction_task(3000, length=10, vocab=4, generator=seeded(6))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+    inputs, targets = first
+    assert set((inputs == 4).float().argmax(1).tolist()) == set(range(8))  # every place 0 .. length - 3
+    assert set(targets[:, -1].tolist()) == set(range(4))
+    for length in (3, 64, 300):  # train short, test long: the same generator at another length
+        inputs, targets = induction_task(50, length=length, vocab=4, generator=seeded(7))
+        assert inputs.shape == (50, length) and ((inputs == 4).sum(1) == 2).all()
+        place = (inputs == 4).float().argmax(1)
+        assert torch.equal(targets[:, -1], inputs[torch.arange(50), place + 1])
+
+
+def test_induction_smallest_case():
+    inputs, targets = induction_task(10, length=3, vocab=1, generator=seeded(0))
+    assert (inputs == torch.tensor([1, 0, 1])).all() and (targets == torch.tensor([-100, -100, 0])).all()
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"n": 0}, "n must"), ({"length": 0}, "length must"), ({"vocab": 0}, "vocab must"), ({"vocab": 3.0}, "vocab must"),
+    ({"length": True}, "length must"), ({"length": 2}, "length >= 3"),
+])
+def test_induction_rejects_bad_arguments(kwargs, name):
+    arguments = {"n": 2, "length": 8, "vocab": 4} | kwargs
+    with pytest.raises(ValueError, match=name):
+        induction_task(**arguments)

@@ -200,3 +200,82 @@ def pair_lookup_task(n: int, *, pairs: int, queries: int = 1, keys: int = 64, va
     targets = torch.full_like(inputs, IGNORE_INDEX)
     targets[:, pairs:] = keys * values + keys + stored_values.gather(1, asked)
     return inputs, targets
+
+
+def selective_copy_task(n: int, *, length: int, tokens: int, vocab: int,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selective copying: copy the ``tokens`` content tokens scattered among blanks, in their order.
+
+    The synthetic task of Gu and Dao 2023 ("Mamba: Linear-Time Sequence Modeling with Selective
+    State Spaces", section 3.1 and Figure 2), a variant of the copying task of Arjovsky et al. 2016
+    ("Unitary Evolution Recurrent Neural Networks") in which the content tokens sit at random
+    positions instead of at the start. A linear time-invariant model (a fixed convolution, such as
+    S4 in its convolution mode) applies the same weights at every offset, so it cannot tell which
+    positions to keep when they change from row to row; a model whose mixing depends on the input
+    (attention, Mamba's selective scan) can: skip the blanks, keep the content.
+
+    Token ids: content ``0 .. vocab - 1``, the blank (noise) token ``vocab``, the copy marker
+    ``vocab + 1``; so ``vocab_size = vocab + 2`` (the paper counts the blank in its vocabulary of 16).
+    Each row is::
+
+        [length positions: c_1 .. c_tokens in order, at random distinct positions, blank elsewhere]
+        [tokens positions: marker marker ... marker]                      (length + tokens tokens)
+
+    with content ``c_j`` drawn uniformly from ``0 .. vocab - 1`` (repeats allowed) and the
+    ``tokens`` positions drawn uniformly among the ``length`` first ones. Returns ``inputs`` ``(n,
+    length + tokens)`` and ``targets`` of the same shape: ``-100`` (``IGNORE_INDEX``, skipped by
+    ``F.cross_entropy``) everywhere except the marker positions, where ``targets[:, length + j] =
+    c_{j+1}``. So a causal decoder whose output at position ``p`` sees ``inputs[:, :p + 1]`` is trained
+    with ``F.cross_entropy(model(inputs), targets)`` (no shift: the answer is due *at* its marker, whose
+    prefix holds every content token, and the ``j``-th answer is due at the ``j``-th marker: the model
+    must count the markers it has read). Chance accuracy per answer is ``1 / vocab``.
+    """
+    _check_positive(n=n, length=length, tokens=tokens, vocab=vocab)
+    if tokens > length:
+        raise ValueError(f"tokens must be at most length (the content tokens fill distinct positions of "
+                         f"the first part), got tokens={tokens}, length={length}")
+    content = torch.randint(0, vocab, (n, tokens), generator=generator)
+    # distinct positions per row, in increasing order: the first `tokens` entries of a random permutation
+    places = torch.argsort(torch.rand(n, length, generator=generator), dim=1)[:, :tokens].sort(dim=1).values
+    inputs = torch.full((n, length + tokens), vocab, dtype=torch.long)
+    inputs.scatter_(1, places, content)
+    inputs[:, length:] = vocab + 1
+    targets = torch.full_like(inputs, IGNORE_INDEX)
+    targets[:, length:] = content
+    return inputs, targets
+
+
+def induction_task(n: int, *, length: int, vocab: int,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Induction heads: after ``trigger value ... trigger``, predict ``value`` again.
+
+    The synthetic task of Gu and Dao 2023 ("Mamba", section 4.1.2), after the induction heads that
+    Olsson et al. 2022 ("In-context Learning and Induction Heads") found in transformers: having
+    seen a bigram such as "Harry Potter", predict "Potter" the next time "Harry" appears. It needs
+    associative recall and copying. Mamba trains at one length and evaluates at others (shorter and
+    far longer); call this function again with another ``length`` for that.
+
+    Token ids: content ``0 .. vocab - 1``, the trigger ``vocab``; so ``vocab_size = vocab + 1``. Each
+    row is::
+
+        x_0 ... x_{t-1} trigger value x_{t+2} ... x_{length-2} trigger        (length tokens)
+
+    with every ``x_i`` and ``value`` drawn uniformly from the content tokens (repeats allowed) and
+    the first trigger's place ``t`` uniform in ``0 .. length - 3``; the trigger appears exactly
+    twice, the second time at the last position. Returns ``inputs`` ``(n, length)`` and ``targets``
+    of the same shape: ``-100`` (``IGNORE_INDEX``) everywhere except the last position, which holds
+    ``value``: the token a causal decoder should predict after reading the final trigger (train with
+    ``F.cross_entropy(model(inputs), targets)``, no shift). The value sits ``length - 2 - t``
+    positions before the question. Chance accuracy is ``1 / vocab``.
+    """
+    _check_positive(n=n, length=length, vocab=vocab)
+    if length < 3:
+        raise ValueError(f"induction_task needs length >= 3 (trigger, value and the final trigger), got {length}")
+    inputs = torch.randint(0, vocab, (n, length), generator=generator)
+    places = torch.randint(0, length - 2, (n,), generator=generator)
+    rows = torch.arange(n)
+    inputs[rows, places] = vocab
+    inputs[:, -1] = vocab
+    targets = torch.full_like(inputs, IGNORE_INDEX)
+    targets[:, -1] = inputs[rows, places + 1]
+    return inputs, targets
