@@ -951,7 +951,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         h[t] = exp(dt[t] A[d, n]) h[t-1] + dt[t] B[g(d), n, t] u[t]      (h[-1] = 0)
         y[t] = sum_n C[g(d), n, t] h[t]  (+ D[d] u[t])  (* silu(z[t]))
 
-    Args (the conventions of ``mamba_ssm``'s ``selective_scan_fn``):
+    The arguments follow the conventions of ``mamba_ssm``'s ``selective_scan_fn``.
+
+    Args:
         u: ``(batch, dim, length)``, the input.
         delta: ``(batch, dim, length)``, the step sizes before bias and softplus.
         A: ``(dim, state)``, the diagonal state matrix, real (negative in practice for a decaying
