@@ -86,7 +86,9 @@ def test_round_weights_cases():
     assert f([0.0005]) == [1] and f([0.0004999]) == [0]  # half up
     assert f([1.0]) == [1000] and f([0.6, 0.4]) == [600, 400] and f([0.7, 0.3000001]) == [700, 300]
     assert f([0.9, 0.8]) == [900, 800]  # sigmoid gates: need not sum to 1
-    assert f([0.5005, 0.5005]) == [500, 500]  # sums to 1.001: renormalised first
+    assert f([1.0000004, 0.0]) == [1000, 0]  # sums to 1 within SUM_TOLERANCE: renormalised first
+    assert f([0.5005, 0.5005]) == [501, 501]  # sums to 1.001: not a renormalised token, each half up
+    assert f([0.544, 0.455]) == [544, 455] == f([0.5444, 0.4554])  # sums to 0.999: rounding again changes nothing
     assert f([2.5]) == [2500]
 
 

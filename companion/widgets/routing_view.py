@@ -57,7 +57,9 @@ from companion.widgets.attention_explorer import check_tokens, display_token
 
 DECIMALS = 3  # the weights are stored in thousandths
 SCALE = 10**DECIMALS
-SUM_TOLERANCE = 1e-3  # a token's weights that sum to 1 within this are rounded to sum to exactly 1
+SUM_TOLERANCE = 1e-6  # a token's weights that sum to 1 within this are rounded to sum to exactly 1 (a float32
+# renormalised softmax sums to 1 within about 1e-7; a looser bound let weights already rounded to thousandths
+# that sum to 0.999 be renormalised on a second rounding, which then changed them)
 MAX_EXPERTS = 16  # the palette's size; an expert index is one hexadecimal digit in the synced state
 MAX_TOP_K = 2
 MAX_LAYERS = 64
