@@ -12,7 +12,6 @@ chapter of the built book shows the widget.
 import json
 import math
 import re
-import subprocess
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 from companion.widgets import RoutingView, display_token, expert_load
 from companion.widgets import routing_view as module
 
-from widget_browser import mount_widget, page  # noqa: F401  (page is a pytest fixture)
+from widget_browser import mount_widget, page, run_js, stored_state  # noqa: F401  (page is a pytest fixture)
 
 JS_PATH = Path(module.__file__).with_name("routing_view.js")
 CSS_PATH = Path(module.__file__).with_name("routing_view.css")
@@ -416,25 +415,8 @@ def test_widget_ships_its_javascript_and_css():
 
 
 # ------------------------------------------------------------------- the JavaScript's numbers
-def js_pure_block() -> str:
-    match = re.search(r"^// ---- pure functions.*?$(.*?)^// ---- end of pure functions ----$",
-                      JS_PATH.read_text(), re.M | re.S)
-    assert match, "no pure-function block in routing_view.js"
-    block = match.group(1)
-    assert "document" not in block and "model." not in block, "the pure block touches the page"
-    return block
-
-
-def run_js(node: str, body: str):
-    """Run ``body`` after the pure block in Node; returns what ``show(x)`` printed, as JSON."""
-    script = js_pure_block() + "\nconst show = (x) => console.log(JSON.stringify(x));\n" + body
-    result = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 def test_javascript_constants_equal_python(node):
-    js = run_js(node, "show([EXPERT_COLORS, EXPERT_STRIPED, SHOW, HEX, SCALE, VISIBLE]);")
+    js = run_js(node, JS_PATH, "show([EXPERT_COLORS, EXPERT_STRIPED, SHOW, HEX, SCALE, VISIBLE]);")
     assert js[0] == list(module.EXPERT_COLORS) and js[1] == list(module.EXPERT_STRIPED)
     assert js[2] == list(module.SHOW) and js[3] == module.HEX and js[4] == module.SCALE
     from companion.widgets.attention_explorer import VISIBLE
@@ -448,7 +430,7 @@ def test_javascript_decodes_and_computes_as_python(node):
         widget = make(layers=layers, T=T, experts=experts, k=k, seed=seed)
         state = widget.get_state()
         cases.append((widget, state["choices"], state["weights"]))
-    js = run_js(node, f"const cases = {json.dumps([[c, w, wd.experts, wd.top_k] for wd, c, w in cases])};\n"
+    js = run_js(node, JS_PATH, f"const cases = {json.dumps([[c, w, wd.experts, wd.top_k] for wd, c, w in cases])};\n"
                 "show(cases.map(([c, w, experts, k]) => { const choices = decodeChoices(c), weights = decodeWeights(w);"
                 " const tops = k === 2 ? [1, 2] : [1];"
                 " return [choices, weights, choices.map((layer, l) => tops.map((top) => ["
@@ -473,7 +455,7 @@ def test_javascript_formats_and_readouts_equal_python(node):
     widget = make(layers=2, T=len(TOKENS), experts=5, seed=7)
     readouts = [(widget.tokens, widget.choices[l], widget.weights[l], l, 5, show, expert, token)
                 for l in (0, 1) for show in module.SHOW for expert in (-1, 0, 4) for token in (None, 0, 7, 21)]
-    js = run_js(node, f"show([{json.dumps(weights)}.map(formatWeight), {json.dumps(shares)}.map(([c, t]) => formatShare(c, t)),"
+    js = run_js(node, JS_PATH, f"show([{json.dumps(weights)}.map(formatWeight), {json.dumps(shares)}.map(([c, t]) => formatShare(c, t)),"
                 f" {json.dumps(bands)}.map((u) => bandWidths(u, 2)), {json.dumps(TOKENS)}.map(displayToken),"
                 f" {json.dumps(readouts)}.map((r) => readoutText(...r)), topOf('top-1'), topOf('top-2')]);")
     assert js[0] == [module.format_weight(u) for u in weights]
@@ -495,22 +477,16 @@ def test_javascript_waits_for_a_consistent_state(node):
              ((*good[:7], "top-3", -1), False), ((*good[:8], 3), False), ((*good[:3], 1, [[[0], [2]]],
                                                                              [[[1000], [1000]]], 0, "top-2", -1), False),
              (([], 1, 3, 2, [[]], [[]], 0, "top-1", -1), False), ((good[0], 1, 17, *good[3:]), False)]
-    js = run_js(node, f"show({json.dumps([c for c, _ in cases])}.map((c) => consistentState(...c)));")
+    js = run_js(node, JS_PATH, f"show({json.dumps([c for c, _ in cases])}.map((c) => consistentState(...c)));")
     assert js == [ok for _, ok in cases]
-    js = run_js(node, "show([decodeChoices({shape: [1, 1, 2], values: '0g'}), decodeChoices({shape: [1, 1, 2], values: '012'}),"
+    js = run_js(node, JS_PATH, "show([decodeChoices({shape: [1, 1, 2], values: '0g'}), decodeChoices({shape: [1, 1, 2], values: '012'}),"
                 " decodeWeights({shape: [1, 1, 2], values: '1,-2'}), decodeWeights(null), decodeChoices({shape: [1, 1, 1]})]);")
     assert js == [None] * 5
 
 
 # ------------------------------------------------------------------ the widget drawn in a browser
-def stored_state(widget: RoutingView) -> dict:
-    """The widget's state as a notebook stores it (choices and weights in their encoded form)."""
-    state = widget.get_state()
-    return {name: state[name] for name in TRAITS}
-
-
 def mount(page, widget: RoutingView) -> list[str]:
-    return mount_widget(page, JS_PATH.read_text(), CSS_PATH.read_text(), stored_state(widget), ".ab-route")
+    return mount_widget(page, JS_PATH.read_text(), CSS_PATH.read_text(), stored_state(widget, TRAITS), ".ab-route")
 
 
 def shown(page) -> dict:
@@ -605,7 +581,7 @@ def test_the_widget_follows_changes_from_python(page):
     # a new routing arrives one trait at a time: nothing is drawn from a half-changed state
     index, gate = routing(3, 9, 16, 2, seed=8)
     widget.set_routing([f"w{i}" for i in range(9)], index, gate, experts=16)
-    new = stored_state(widget)
+    new = stored_state(widget, TRAITS)
     page.evaluate("([state]) => { for (const name of ['tokens', 'choices', 'layers', 'weights', 'experts', 'top_k',"
                   " 'layer', 'show', 'expert']) model.set(name, state[name]); }", [new])
     assert not root.locator(".ab-route-top2").is_disabled()
@@ -624,7 +600,7 @@ def test_the_site_check_passes_on_the_widget(page, layers, T, experts, k, view):
     assert ".ab-route" in site_helpers.WIDGET_CHECKS
     widget = make(layers=layers, T=T, experts=experts, k=k, seed=T, **view)
     errors = mount(page, widget)
-    site_helpers.check_routing_view(page, page.locator("#root .ab-route"), stored_state(widget))
+    site_helpers.check_routing_view(page, page.locator("#root .ab-route"), stored_state(widget, TRAITS))
     assert not errors, errors
 
 
@@ -632,7 +608,7 @@ def test_the_site_check_catches_a_wrong_drawing(page):
     site_helpers = pytest.importorskip("site_helpers")
     widget = make(layers=2, T=8, experts=4, seed=1)
     mount(page, widget)
-    state = stored_state(widget)
+    state = stored_state(widget, TRAITS)
     wrong = dict(state, choices=module.encode_choices([[[(e + 1) % 4 for e in row] for row in layer]
                                                        for layer in widget.choices]))
     with pytest.raises(AssertionError, match="bands"):

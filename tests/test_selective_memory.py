@@ -12,7 +12,6 @@ what it shows, in agreement with the Python twins (the site's check, tests/site_
 import json
 import math
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from hypothesis import strategies as st
 from companion.widgets import SelectiveMemory, display_token, memory_horizon, step_sizes, survival
 from companion.widgets import selective_memory as module
 
-from widget_browser import mount_widget, page  # noqa: F401  (page is a pytest fixture)
+from widget_browser import mount_widget, page, run_js, stored_state  # noqa: F401  (page is a pytest fixture)
 
 JS_PATH = Path(module.__file__).with_name("selective_memory.js")
 CSS_PATH = Path(module.__file__).with_name("selective_memory.css")
@@ -365,25 +364,8 @@ def test_widget_ships_its_javascript_and_css():
 
 
 # ------------------------------------------------------------------- the JavaScript's numbers
-def js_pure_block() -> str:
-    match = re.search(r"^// ---- pure functions.*?$(.*?)^// ---- end of pure functions ----$",
-                      JS_PATH.read_text(), re.M | re.S)
-    assert match, "no pure-function block in selective_memory.js"
-    block = match.group(1)
-    assert "document" not in block and "model." not in block, "the pure block touches the page"
-    return block
-
-
-def run_js(node: str, body: str):
-    """Run ``body`` after the pure block in Node; returns what ``show(x)`` printed, as JSON."""
-    script = js_pure_block() + "\nconst show = (x) => console.log(JSON.stringify(x));\n" + body
-    result = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 def test_javascript_constants_equal_python(node):
-    js = run_js(node, "show([MIN_TOKENS, MAX_TOKENS, MAX_STATE, SCALE_MIN, SCALE_MAX, SLIDER_MIN, SLIDER_MAX, SLIDER_STEP,"
+    js = run_js(node, JS_PATH, "show([MIN_TOKENS, MAX_TOKENS, MAX_STATE, SCALE_MIN, SCALE_MAX, SLIDER_MIN, SLIDER_MAX, SLIDER_STEP,"
                 " THRESHOLD, CURVE_FLOOR, MINUS, VISIBLE, HINT]);")
     from companion.widgets.attention_explorer import VISIBLE
     assert js == [module.MIN_TOKENS, module.MAX_TOKENS, module.MAX_STATE, module.SCALE_MIN, module.SCALE_MAX,
@@ -397,7 +379,7 @@ STATES += [{name: SelectiveMemory(selective=sel, dimension=d).get_state()[name] 
 
 
 def test_javascript_computes_as_python(node):
-    js = run_js(node, f"const states = {json.dumps(STATES)};\n"
+    js = run_js(node, JS_PATH, f"const states = {json.dumps(STATES)};\n"
                 "show(states.map((s) => { const deltas = stepSizes(s.gates, s.delta_scale, s.selective);"
                 " const q = s.query, d = s.dimension, r = s.decay_rates;"
                 " return [deltas, elapsed(deltas, q), survival(deltas, r, q, d), contributions(deltas, r, q, d),"
@@ -432,7 +414,7 @@ def test_javascript_formats_and_helpers_equal_python(node):
     fractions = FORMAT_CASES[:-1] + rng.uniform(0, 1, 200).tolist() + (10 ** rng.uniform(-5, 0, 200)).tolist()
     fractions = [x for x in fractions if 0 <= x <= 1]
     tokens = ["", " ", "a b", "\n", "\t\r", "x\u00b7y", "\U0001f600 ok"]
-    js = run_js(node, f"show([{json.dumps(numbers)}.map(formatNumber), {json.dumps(numbers)}.map((x) => formatNumber(-x)),"
+    js = run_js(node, JS_PATH, f"show([{json.dumps(numbers)}.map(formatNumber), {json.dumps(numbers)}.map((x) => formatNumber(-x)),"
                 f" {json.dumps(fractions)}.map(formatPercent), {json.dumps(SLIDER_VALUES)}.map(scaleFromSlider),"
                 f" {json.dumps(fractions)}.map(barHeight), {json.dumps(tokens)}.map(displayToken)]);")
     assert js[0] == [module.format_number(x) for x in numbers]
@@ -454,18 +436,13 @@ def test_javascript_waits_for_a_consistent_state(node):
              ((*good[:3], 11, *good[4:]), False), ((*good[:4], 1, *good[5:]), False),
              ((*good[:5], 3, 1), False), ((*good[:5], 1.5, 1), False), ((*good[:6], 2), False), ((*good[:6], -2), False),
              (([1, 2], [1.0, 1.0], *good[2:5], 1, 0), False), ((None, *good[1:]), False)]
-    js = run_js(node, f"show({json.dumps([c for c, _ in cases])}.map((c) => consistentState(...c)));")
+    js = run_js(node, JS_PATH, f"show({json.dumps([c for c, _ in cases])}.map((c) => consistentState(...c)));")
     assert js == [ok for _, ok in cases]
 
 
 # ------------------------------------------------------------------ the widget drawn in a browser
-def stored_state(widget: SelectiveMemory) -> dict:
-    state = widget.get_state()
-    return {name: state[name] for name in TRAITS}
-
-
 def mount(page, widget: SelectiveMemory) -> list[str]:
-    errors = mount_widget(page, JS_PATH.read_text(), CSS_PATH.read_text(), stored_state(widget), ".ab-select")
+    errors = mount_widget(page, JS_PATH.read_text(), CSS_PATH.read_text(), stored_state(widget, TRAITS), ".ab-select")
     page.locator("#root .ab-select-about").hover()  # the pointer off the tokens (it stays where a test left it)
     return errors
 
@@ -560,7 +537,7 @@ def test_the_widget_follows_changes_from_python(page):
     with widget.hold_trait_notifications():
         widget.decay_rates, widget.dimension = [-0.5], 0
     page.evaluate("([s]) => { for (const name of ['tokens', 'gates', 'query', 'dimension', 'decay_rates'])"
-                  " model.set(name, s[name]); }", [stored_state(widget)])
+                  " model.set(name, s[name]); }", [stored_state(widget, TRAITS)])
     assert_shows(page, widget)
     page.evaluate("() => { model.set('delta_scale', 5.62); model.set('selective', false); }")
     widget.delta_scale, widget.selective = 5.62, False
@@ -577,7 +554,7 @@ def test_the_site_check_passes_on_the_widget(page, kwargs):
     assert site_helpers.WIDGET_CHECKS[".ab-select"] is site_helpers.check_selective_memory
     widget = SelectiveMemory(**kwargs)
     errors = mount(page, widget)
-    site_helpers.check_selective_memory(page, page.locator("#root .ab-select"), stored_state(widget))
+    site_helpers.check_selective_memory(page, page.locator("#root .ab-select"), stored_state(widget, TRAITS))
     assert not errors, errors
 
 
@@ -585,10 +562,10 @@ def test_the_site_check_catches_a_wrong_drawing(page):
     site_helpers = pytest.importorskip("site_helpers")
     widget = SelectiveMemory()
     mount(page, widget)
-    wrong = dict(stored_state(widget), gates=[1.0] * len(widget.tokens))  # Python would draw other step sizes
+    wrong = dict(stored_state(widget, TRAITS), gates=[1.0] * len(widget.tokens))  # Python would draw other step sizes
     with pytest.raises(AssertionError, match=r"as stored: token 0 \(query 40\): keeps .*, Python gives"):
         site_helpers.check_selective_memory(page, page.locator("#root .ab-select"), wrong)
     mount(page, widget)  # a bar drawn at the wrong height is caught too
     page.evaluate("() => { document.querySelectorAll('.ab-select-fill')[30].style.height = '100%'; }")
     with pytest.raises(AssertionError, match="filled"):
-        site_helpers.check_selective_memory(page, page.locator("#root .ab-select"), stored_state(widget))
+        site_helpers.check_selective_memory(page, page.locator("#root .ab-select"), stored_state(widget, TRAITS))

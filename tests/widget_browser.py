@@ -1,15 +1,23 @@
-"""Draw one widget's JavaScript in headless Chromium without a notebook: a stand-in model and a page.
+"""Run one widget's JavaScript without a notebook: its pure functions in Node, its drawing in headless
+Chromium with a stand-in model and a page.
 
-Used by the widget tests that click through a widget before any chapter shows it (the built site's
-checks live in tests/site_helpers.py). ``page`` is a module-scoped Playwright page (skipped without
+Used by the widget tests that check a widget's JavaScript against its Python twins and click through
+the widget before any chapter shows it (the built site's checks live in tests/site_helpers.py).
+:func:`run_js` runs the pure-function block of a widget's ESM in Node (the ``node`` fixture of
+tests/conftest.py skips without it); ``page`` is a module-scoped Playwright page (skipped without
 Chromium or Playwright); :func:`mount_widget` renders an anywidget ESM with a stand-in for the widget
-model (get / set / on / off / save_changes; every saved state is kept in ``window.saved``).
+model (get / set / on / off / save_changes; every saved state is kept in ``window.saved``), and
+:func:`stored_state` gives the state a notebook stores for a widget.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +68,29 @@ def mount_widget(page, source: str, css: str, state: dict, selector: str) -> lis
     page.evaluate(MOUNT_JS, [source, css, state])
     page.wait_for_selector(f"#root {selector}")
     return errors
+
+
+def stored_state(widget, names) -> dict:
+    """The widget's state as a notebook stores it: its synced traits ``names`` (in their encoded form)."""
+    state = widget.get_state()
+    return {name: state[name] for name in names}
+
+
+# ------------------------------------------------------------------- the JavaScript's numbers in Node
+def js_pure_block(js_path: Path) -> str:
+    """The widget's pure functions: the lines of ``js_path`` between ``// ---- pure functions`` and
+    ``// ---- end of pure functions ----``, which must touch neither the page nor the model."""
+    match = re.search(r"^// ---- pure functions.*?$(.*?)^// ---- end of pure functions ----$",
+                      Path(js_path).read_text(), re.M | re.S)
+    assert match, f"no pure-function block in {Path(js_path).name}"
+    block = match.group(1)
+    assert "document" not in block and "model." not in block, "the pure block touches the page"
+    return block
+
+
+def run_js(node: str, js_path: Path, body: str):
+    """Run ``body`` after the pure block of ``js_path`` in Node; returns what ``show(x)`` printed, as JSON."""
+    script = js_pure_block(js_path) + "\nconst show = (x) => console.log(JSON.stringify(x));\n" + body
+    result = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

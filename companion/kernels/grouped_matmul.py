@@ -32,11 +32,10 @@ expected.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from companion.device import triton_installed, triton_interpreter
+from companion.kernels._util import _cdiv, _next_power_of_2, _on_device
 
 __all__ = ["BACKENDS", "grouped_matmul", "grouped_matmul_reference"]
 
@@ -336,19 +335,6 @@ def _triton_kernels() -> dict:
                 triton.jit(_dweight_kernel)),
         }
     return _KERNELS
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-def _cdiv(n: int, block: int) -> int:
-    return (n + block - 1) // block
-
-
-def _on_device(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it t's (a no-op for CPU tensors, interpreter)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _block_m() -> int:

@@ -70,12 +70,11 @@ is not installed. Every invalid argument raises ``ValueError`` saying what was e
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 from companion.device import triton_installed, triton_interpreter
+from companion.kernels._util import _cdiv, _next_power_of_2, _on_device
 
 __all__ = ["BACKENDS", "CHUNK_SIZE", "selective_scan", "selective_scan_chunked", "selective_scan_reference",
            "selective_scan_step", "selective_scan_triton"]
@@ -653,19 +652,6 @@ def _triton_kernels() -> dict:
     return _KERNELS
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-def _cdiv(n: int, block: int) -> int:
-    return (n + block - 1) // block
-
-
-def _on_device(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it t's (a no-op for CPU tensors, interpreter)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _blocks(state: int) -> dict:
     """The tile sizes: BLOCK_N (the state, padded to a power of two), BLOCK_D, BLOCK_T."""
     block_n = _next_power_of_2(state)
@@ -822,81 +808,65 @@ def _check_common(where: str, u: torch.Tensor, named: dict, dim: int, B: torch.T
                          f"got B {tuple(B.shape)}")
 
 
-def _validate(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state) -> None:
-    where = "selective_scan"
-    _check_tensor(where, "u", u, 3, "(batch, dim, length)")
-    batch, dim, length = u.shape
-    _check_tensor(where, "delta", delta, 3, "(batch, dim, length)")
-    _check_tensor(where, "A", A, 2, "(dim, state)")
-    state = A.shape[1]
-    bc = ("(batch, state, length)", "(batch, groups, state, length)")
-    _check_tensor(where, "B", B, (3, 4), f"{bc[0]} or {bc[1]}")
-    _check_tensor(where, "C", C, (3, 4), f"{bc[0]} or {bc[1]}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None:
-            _check_tensor(where, name, t, 1, "(dim,)")
-    if z is not None:
-        _check_tensor(where, "z", z, 3, "(batch, dim, length)")
-    if tuple(delta.shape) != (batch, dim, length):
-        raise ValueError(f"{where}: expected delta of u's shape (batch, dim, length) = {tuple(u.shape)}, "
-                         f"got {tuple(delta.shape)}")
-    if z is not None and tuple(z.shape) != (batch, dim, length):
-        raise ValueError(f"{where}: expected z of u's shape (batch, dim, length) = {tuple(u.shape)}, "
-                         f"got {tuple(z.shape)}")
-    if A.shape[0] != dim:
-        raise ValueError(f"{where}: expected A of shape (dim, state) with dim = {dim} (u's dim), "
-                         f"got {tuple(A.shape)}")
-    for name, x in (("B", B), ("C", C)):
-        if x.shape[0] != batch or x.shape[-2] != state or x.shape[-1] != length:
-            raise ValueError(f"{where}: expected {name} of shape {bc[0]} or {bc[1]} with batch = {batch}, "
-                             f"state = {state} (A's) and length = {length}, got {tuple(x.shape)}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.shape[0] != dim:
-            raise ValueError(f"{where}: expected {name} of shape (dim,) = ({dim},), got {tuple(t.shape)}")
-    _check_common(where, u, {"delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
-                  dim, B, C, bc, grouped_rank=4)
-    for name, flag in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{where}: expected {name} to be a bool, got {flag!r}")
-
-
-def _validate_step(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> None:
-    where = "selective_scan_step"
-    _check_tensor(where, "u", u, 2, "(batch, dim)")
-    batch, dim = u.shape
-    _check_tensor(where, "state", state, 3, "(batch, dim, state)")
-    _check_tensor(where, "delta", delta, 2, "(batch, dim)")
+def _check_arguments(where: str, u, delta, A, B, C, D, z, delta_bias, flags: dict, state=None) -> None:
+    """The checks of :func:`selective_scan` (``u`` ``(batch, dim, length)``) and, when ``state`` is
+    given, of :func:`selective_scan_step` (``u`` ``(batch, dim)``, ``state`` ``(batch, dim, state)``);
+    ``flags``: name -> a value that must be a bool. ``where`` begins every message."""
+    step = state is not None
+    rank, layout = (2, "(batch, dim)") if step else (3, "(batch, dim, length)")
+    _check_tensor(where, "u", u, rank, layout)
+    batch, dim = u.shape[:2]
+    if step:
+        _check_tensor(where, "state", state, 3, "(batch, dim, state)")
+    _check_tensor(where, "delta", delta, rank, layout)
     _check_tensor(where, "A", A, 2, "(dim, state)")
     size = A.shape[1]
-    bc = ("(batch, state)", "(batch, groups, state)")
-    _check_tensor(where, "B", B, (2, 3), f"{bc[0]} or {bc[1]}")
-    _check_tensor(where, "C", C, (2, 3), f"{bc[0]} or {bc[1]}")
+    if step:
+        bc = ("(batch, state)", "(batch, groups, state)")
+    else:
+        bc = ("(batch, state, length)", "(batch, groups, state, length)")
+    _check_tensor(where, "B", B, (rank, rank + 1), f"{bc[0]} or {bc[1]}")
+    _check_tensor(where, "C", C, (rank, rank + 1), f"{bc[0]} or {bc[1]}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
             _check_tensor(where, name, t, 1, "(dim,)")
     if z is not None:
-        _check_tensor(where, "z", z, 2, "(batch, dim)")
+        _check_tensor(where, "z", z, rank, layout)
     for name, t in (("delta", delta), ("z", z)):
-        if t is not None and tuple(t.shape) != (batch, dim):
-            raise ValueError(f"{where}: expected {name} of u's shape (batch, dim) = {tuple(u.shape)}, "
+        if t is not None and tuple(t.shape) != tuple(u.shape):
+            raise ValueError(f"{where}: expected {name} of u's shape {layout} = {tuple(u.shape)}, "
                              f"got {tuple(t.shape)}")
     if A.shape[0] != dim:
         raise ValueError(f"{where}: expected A of shape (dim, state) with dim = {dim} (u's dim), "
                          f"got {tuple(A.shape)}")
-    if tuple(state.shape) != (batch, dim, size):
+    if step and tuple(state.shape) != (batch, dim, size):
         raise ValueError(f"{where}: expected state of shape (batch, dim, state) = ({batch}, {dim}, {size}), "
                          f"got {tuple(state.shape)}")
+    sizes = (f"batch = {batch} and state = {size} (A's)" if step
+             else f"batch = {batch}, state = {size} (A's) and length = {u.shape[2]}")
     for name, x in (("B", B), ("C", C)):
-        if x.shape[0] != batch or x.shape[-1] != size:
-            raise ValueError(f"{where}: expected {name} of shape {bc[0]} or {bc[1]} with batch = {batch} and "
-                             f"state = {size} (A's), got {tuple(x.shape)}")
+        # (batch, state) or (batch, state, length), whether grouped or not
+        if (x.shape[0], *x.shape[1 - rank:]) != (batch, size, *u.shape[2:]):
+            raise ValueError(f"{where}: expected {name} of shape {bc[0]} or {bc[1]} with {sizes}, "
+                             f"got {tuple(x.shape)}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and t.shape[0] != dim:
             raise ValueError(f"{where}: expected {name} of shape (dim,) = ({dim},), got {tuple(t.shape)}")
-    _check_common(where, u, {"state": state, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
-                             "delta_bias": delta_bias}, dim, B, C, bc, grouped_rank=3)
-    if not isinstance(delta_softplus, bool):
-        raise ValueError(f"{where}: expected delta_softplus to be a bool, got {delta_softplus!r}")
+    _check_common(where, u, {**({"state": state} if step else {}), "delta": delta, "A": A, "B": B, "C": C,
+                             "D": D, "z": z, "delta_bias": delta_bias}, dim, B, C, bc, grouped_rank=rank + 1)
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise ValueError(f"{where}: expected {name} to be a bool, got {flag!r}")
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state) -> None:
+    _check_arguments("selective_scan", u, delta, A, B, C, D, z, delta_bias,
+                     {"delta_softplus": delta_softplus, "return_last_state": return_last_state})
+
+
+def _validate_step(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> None:
+    _check_arguments("selective_scan_step", u, delta, A, B, C, D, z, delta_bias,
+                     {"delta_softplus": delta_softplus}, state=state)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -134,6 +134,25 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y, padded[..., padded.shape[-1] - past:]
 
 
+def check_mixer_input(x: torch.Tensor, width: int, cache: KVCache | None,
+                      layer_index: int) -> tuple[int, int, tuple[torch.Tensor, ...] | None]:
+    """The checks that open a Mamba or Mamba-2 mixer's ``forward``: ``x`` must be ``(batch, seq >= 1,
+    width)`` and a ``cache`` made for this batch, with room for ``seq`` more positions (a
+    ``ValueError`` otherwise). Returns ``(batch, seq, previous)``: ``previous`` is the layer's cached
+    ``(conv_state, ssm_state)``, or ``None`` without a cache or before the cache holds one."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] < 1 or x.shape[2] != width:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected x of shape (batch, seq >= 1, width={width}), got {got}")
+    batch, seq, _ = x.shape
+    previous = None
+    if cache is not None:
+        if batch != cache.batch:
+            raise ValueError(f"the cache was made for batch {cache.batch}, got input for batch {batch}")
+        cache.check_room(seq)
+        previous = cache.state(layer_index)
+    return batch, seq, previous
+
+
 class MambaMixer(nn.Module):
     """A Mamba layer (Gu and Dao 2023, Figure 3) with the decoder's mixer interface.
 
@@ -177,16 +196,7 @@ class MambaMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 return_weights: bool = False) -> tuple[torch.Tensor, None]:
-        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] < 1 or x.shape[2] != self.width:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected x of shape (batch, seq >= 1, width={self.width}), got {got}")
-        batch, seq, _ = x.shape
-        previous = None
-        if cache is not None:
-            if batch != cache.batch:
-                raise ValueError(f"the cache was made for batch {cache.batch}, got input for batch {batch}")
-            cache.check_room(seq)
-            previous = cache.state(self.layer_index)
+        _, seq, previous = check_mixer_input(x, self.width, cache, self.layer_index)
         u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)           # (batch, d_inner, seq) each
         u, conv_state = causal_conv1d(u, self.conv1d.weight, self.conv1d.bias,
                                       None if previous is None else previous[0])

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.nn.cache import KVCache
-from companion.nn.mamba import MambaShape, causal_conv1d
+from companion.nn.mamba import MambaShape, causal_conv1d, check_mixer_input
 
 
 def segment_sum(x: torch.Tensor) -> torch.Tensor:
@@ -203,16 +203,7 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 return_weights: bool = False) -> tuple[torch.Tensor, None]:
-        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] < 1 or x.shape[2] != self.width:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected x of shape (batch, seq >= 1, width={self.width}), got {got}")
-        batch, seq, _ = x.shape
-        previous = None
-        if cache is not None:
-            if batch != cache.batch:
-                raise ValueError(f"the cache was made for batch {cache.batch}, got input for batch {batch}")
-            cache.check_room(seq)
-            previous = cache.state(self.layer_index)
+        batch, seq, previous = check_mixer_input(x, self.width, cache, self.layer_index)
         z, xbc, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), self.conv1d.weight, self.conv1d.bias,
                                         None if previous is None else previous[0])
