@@ -85,12 +85,12 @@ reference for ``backend="auto"``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
 from companion.device import triton_installed, triton_interpreter
+from companion.kernels._util import _cdiv, _next_power_of_2, _on_device
 
 __all__ = ["DTYPES", "MAX_HEAD_DIM", "attention_triton", "unsupported"]
 
@@ -447,14 +447,6 @@ def _triton_kernel() -> dict:
     return _KERNELS
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-def _cdiv(n: int, block: int) -> int:
-    return (n + block - 1) // block
-
-
 def _options(q: torch.Tensor, k: torch.Tensor, causal: bool, window: int | None,
              alibi_slopes: torch.Tensor | None) -> dict:
     """The arguments every kernel shares besides tensors and strides (window None -> 0, flag off)."""
@@ -468,11 +460,6 @@ def _options(q: torch.Tensor, k: torch.Tensor, causal: bool, window: int | None,
         IEEE=q.dtype == torch.float32, WIDEN=q.dtype == torch.bfloat16 and triton_interpreter(),
         BLOCK_D=max(16, _next_power_of_2(q.shape[3])),
     )
-
-
-def _on_device(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it t's (a no-op for CPU tensors, interpreter)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _forward(q, k, v, slopes, causal, scale, window, keep_f32):

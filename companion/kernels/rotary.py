@@ -55,11 +55,10 @@ where Triton is not installed. Every invalid argument raises ``ValueError`` sayi
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from companion.device import triton_installed, triton_interpreter
+from companion.kernels._util import _next_power_of_2, _on_device
 
 __all__ = ["BACKENDS", "rotary", "rotary_reference", "rotate_half"]
 
@@ -193,10 +192,6 @@ def _triton_kernel():
     return _KERNEL
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
 def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             transpose: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the kernel once over q and k; new contiguous outputs in q's (and k's) dtype."""
@@ -213,7 +208,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     grid = (batch * seq, (heads + block_h - 1) // block_h)
     kernel = _triton_kernel()
     # Triton launches on the current CUDA device: make it q's (a no-op for CPU tensors, interpreter)
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+    with _on_device(q):
         kernel[grid](
             q, k, cos, sin, q_out, k_out,
             seq, q_heads, kv_heads, half,
