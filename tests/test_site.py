@@ -54,6 +54,7 @@ CHAPTER_3 = "notebooks/03_masking.html"
 CHAPTER_4 = "notebooks/04_context_extension.html"
 CHAPTER_5 = "notebooks/05_efficient_attention.html"
 CHAPTER_6 = "notebooks/06_mixture_of_experts.html"
+CHAPTER_7 = "notebooks/07_state_space_models.html"
 # Folders of the built site that hold assets, not pages (the theme copies Jinja macro files,
 # *.html, into _static).
 NOT_PAGES = {"_static", "_sources", "_images", "_vendor"}
@@ -302,6 +303,7 @@ def test_interactive_widgets_respond(reports):
     assert not problems(reports, "check_problems"), problems(reports, "check_problems")
     for page, selector in ((CHAPTER_1, ".ab-cost "), (CHAPTER_2, ".ab-attn "), (CHAPTER_3, ".ab-mask "),
                            (CHAPTER_4, ".ab-rope "), (CHAPTER_4, ".ab-kv "),
-                           (CHAPTER_5, ".ab-flash "), (CHAPTER_6, ".ab-route ")):
+                           (CHAPTER_5, ".ab-flash "), (CHAPTER_6, ".ab-route "),
+                           (CHAPTER_7, ".ab-select ")):
         assert any(run.startswith(selector) for run in reports[page].checks_run), (
             f"the {selector.strip()} widget check did not run on {page}")
