@@ -1,4 +1,5 @@
-"""Assembled models: the decoder every chapter builds on, its converters, and chapter 1's models."""
+"""Assembled models: the decoder every chapter builds on, the patch encoder of chapter 8, their converters,
+and chapter 1's models."""
 
 from companion.models.classifiers import BagOfWordsClassifier, RecurrentClassifier
 from companion.models.decoder import FEEDFORWARDS, MIXERS, Decoder, DecoderConfig, DecoderOutput
@@ -6,12 +7,15 @@ from companion.models.hf import from_hf, rope_from_config
 from companion.models.published import (PUBLISHED, PublishedAttention, cache_bytes_per_token,
                                        cache_elements_per_layer, published)
 from companion.models.sampling import filter_logits, sample_next
+from companion.models.vit import PatchEncoder, PatchEncoderConfig, PatchEncoderOutput, patchify, unpatchify
 from companion.models.window_lm import WindowLM
 from companion.nn.mamba import MambaShape
 from companion.nn.rope_scaling import RopeScaling
 
 __all__ = [
     "BagOfWordsClassifier", "Decoder", "DecoderConfig", "DecoderOutput", "FEEDFORWARDS", "MIXERS", "MambaShape",
-    "PUBLISHED", "PublishedAttention", "RecurrentClassifier", "RopeScaling", "WindowLM", "cache_bytes_per_token",
-    "cache_elements_per_layer", "filter_logits", "from_hf", "published", "rope_from_config", "sample_next",
+    "PUBLISHED", "PatchEncoder", "PatchEncoderConfig", "PatchEncoderOutput", "PublishedAttention",
+    "RecurrentClassifier", "RopeScaling", "WindowLM", "cache_bytes_per_token",
+    "cache_elements_per_layer", "filter_logits", "from_hf", "patchify", "published", "rope_from_config", "sample_next",
+    "unpatchify",
 ]

@@ -42,6 +42,10 @@ a state of fixed size in the cache instead of keys and values. A Mamba block has
 the feed-forward kind ``"none"`` makes a block ``x + mixer(norm_1(x))`` (no second norm), and
 ``positions="none"`` suits a model with no attention. Hybrids (Jamba, Bamba) are per-layer
 mixers, e.g. ``mixers=("mamba", "attention", "mamba", "mamba")``.
+
+``causal=False`` lets every position attend to every other (an encoder: BERT, the vision
+transformer); it needs every mixer to be ``"attention"``. The patch encoder of chapter 8
+(:mod:`companion.models.vit`) is a stack of these same blocks with the mask off.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ class DecoderConfig:
     rope_scaling: RopeScaling | None = None  # RoPE's scaling (positions="rope" only); None: plain RoPE
     max_positions: int = 2048              # learned positions: table size; others: initial cache size
     window: int | None = None              # sliding-window attention (None: full causal)
+    causal: bool = True                    # False: every position attends to every other (an encoder)
     tie_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
@@ -128,6 +133,8 @@ class DecoderConfig:
             raise ValueError(f"embed_scale must be a positive number, got {self.embed_scale!r}")
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal must be a bool, got {self.causal!r}")
         for name, kinds, registry in (("mixers", self.layer_mixers, MIXERS),
                                       ("feedforwards", self.layer_feedforwards, FEEDFORWARDS)):
             if len(kinds) != self.n_layers:
@@ -135,6 +142,9 @@ class DecoderConfig:
             unknown = sorted(set(kinds) - set(registry))
             if unknown:
                 raise ValueError(f"unknown {name} {unknown}; registered: {sorted(registry)}")
+        if not self.causal and set(self.layer_mixers) != {"attention"}:
+            raise ValueError(f"causal=False needs every mixer to be 'attention' (the others are causal by "
+                             f"construction), got {sorted(set(self.layer_mixers))}")
         if self.latent is not None or "latent_attention" in self.layer_mixers:
             self._check_latent()
         if self.moe is not None or "moe" in self.layer_feedforwards:
@@ -211,8 +221,8 @@ class DecoderConfig:
 def _attention(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> nn.Module:
     slopes = alibi_slopes(config.n_heads) if config.positions == "alibi" else None
     return Attention(config.width, config.n_heads, config.kv_heads, config.dim_per_head,
-                     bias=config.attention_bias, rope=rope, window=config.window, layer_index=index,
-                     alibi_slopes=slopes)
+                     bias=config.attention_bias, rope=rope, window=config.window, causal=config.causal,
+                     layer_index=index, alibi_slopes=slopes)
 
 
 def _latent_attention(config: DecoderConfig, index: int, rope: RotaryEmbedding | None) -> nn.Module:

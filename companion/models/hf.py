@@ -1,4 +1,4 @@
-"""Converters from Hugging Face transformers models to the companion's :class:`Decoder`.
+"""Converters from Hugging Face transformers models to the companion's :class:`Decoder` (and patch encoder).
 
 ``from_hf(model)`` is the one entry point; it dispatches on the model's class name to a converter
 registered in :data:`CONVERTERS`: ``LlamaForCausalLM``; ``MixtralForCausalLM`` (every feed-forward a
@@ -7,12 +7,14 @@ mixture of experts, :mod:`companion.nn.moe`; optional sliding window); ``Deepsee
 feed-forwards in the first ``first_k_dense_replace`` layers, then DeepSeek-V3's mixture of experts
 with sigmoid routing, selection bias, group-limited routing and shared experts);
 ``MambaForCausalLM`` and ``Mamba2ForCausalLM`` (state space models, :mod:`companion.nn.mamba`,
-:mod:`companion.nn.mamba2`: every block a mixer with no feed-forward, no positions). Each
-converter maps the configuration field by field, refuses what the companion cannot reproduce
-exactly (with a ``ValueError`` naming it), and copies every weight. RoPE's scalings
+:mod:`companion.nn.mamba2`: every block a mixer with no feed-forward, no positions); and, for
+images, ``ViTModel`` and ``ViTForImageClassification`` (to a
+:class:`~companion.models.vit.PatchEncoder`, chapter 8). Each converter maps the configuration
+field by field, refuses what the companion cannot reproduce exactly (with a ``ValueError`` naming
+it), and copies every weight. RoPE's scalings
 (``config.rope_parameters``) map to :class:`~companion.nn.rope_scaling.RopeScaling` through
 :func:`rope_from_config`. The tests check the logits of the converted model against transformers'
-with every parameter randomised.
+(the ViT's last hidden states) with every parameter randomised.
 
 ``transformers`` is imported lazily: the companion works without it.
 """
@@ -25,18 +27,19 @@ import torch
 from torch import nn
 
 from companion.models.decoder import Decoder, DecoderConfig
+from companion.models.vit import PatchEncoder, PatchEncoderConfig
 from companion.nn.latent_attention import LatentShape, latent_attention_from_hf
 from companion.nn.mamba import MambaShape
 from companion.nn.moe import moe_from_hf
 from companion.nn.rope_scaling import RopeScaling
 
-CONVERTERS: dict[str, Callable[[nn.Module], Decoder]] = {}
+CONVERTERS: dict[str, Callable[[nn.Module], nn.Module]] = {}
 
 
 def register(*class_names: str):
     """Register a converter for Hugging Face model classes with these names."""
 
-    def wrap(fn: Callable[[nn.Module], Decoder]) -> Callable[[nn.Module], Decoder]:
+    def wrap(fn: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
         for name in class_names:
             CONVERTERS[name] = fn
         return fn
@@ -44,24 +47,25 @@ def register(*class_names: str):
     return wrap
 
 
-def from_hf(model: nn.Module) -> Decoder:
-    """A companion :class:`Decoder` with the same configuration and weights as ``model``.
+def from_hf(model: nn.Module) -> Decoder | PatchEncoder:
+    """A companion model with the same configuration and weights as ``model``.
 
     Supported: ``LlamaForCausalLM``, ``MixtralForCausalLM``, ``DeepseekV3ForCausalLM``,
-    ``MambaForCausalLM``, ``Mamba2ForCausalLM``, and any class
+    ``MambaForCausalLM``, ``Mamba2ForCausalLM`` (to a :class:`Decoder`), ``ViTModel`` and
+    ``ViTForImageClassification`` (to a :class:`~companion.models.vit.PatchEncoder`), and any class
     registered in :data:`CONVERTERS`. The result is in eval mode, on the same device and in the same
     dtype as ``model`` (DeepSeek-V3's ``e_score_correction_bias`` stays float32).
     """
     name = type(model).__name__
     if name not in CONVERTERS:
         raise ValueError(f"from_hf does not know {name}; supported: {sorted(CONVERTERS)}")
-    decoder = CONVERTERS[name](model)
+    converted = CONVERTERS[name](model)
     param = next(model.parameters())
-    decoder = decoder.to(device=param.device, dtype=param.dtype).eval()
-    for module in decoder.modules():  # DeepSeek-V3's selection bias stays float32, as in transformers
+    converted = converted.to(device=param.device, dtype=param.dtype).eval()
+    for module in converted.modules():  # DeepSeek-V3's selection bias stays float32, as in transformers
         if getattr(module, "e_score_correction_bias", None) is not None:
             module.e_score_correction_bias = module.e_score_correction_bias.float()
-    return decoder
+    return converted
 
 
 def rope_from_config(config) -> tuple[float, RopeScaling | None]:
@@ -357,3 +361,62 @@ def _from_mamba2(model: nn.Module) -> Decoder:
     decoder = _ssm_decoder(c, "mamba2", shape)
     _copy_ssm_model(decoder, model)
     return decoder
+
+
+# ------------------------------------------------------------------------------------------------
+# Vision transformers: ViT (chapter 8)
+# ------------------------------------------------------------------------------------------------
+
+@register("ViTModel", "ViTForImageClassification")
+@torch.no_grad()
+def _from_vit(model: nn.Module) -> PatchEncoder:
+    """ViT (Dosovitskiy et al. 2021): a :class:`~companion.models.vit.PatchEncoder` with the same weights.
+
+    ``image_size``, ``patch_size`` (ints or pairs), ``num_channels``, ``hidden_size``,
+    ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``, ``layer_norm_eps`` and
+    ``qkv_bias`` map to a :class:`~companion.models.vit.PatchEncoderConfig` (with a class token);
+    the separate query, key and value projections become the attention's one ``qkv`` matrix.
+    ``ViTForImageClassification`` adds its ``classifier`` as the head (``pooling="cls"``, the final
+    [CLS] vector, as transformers reads it; ``num_labels=0``, transformers' identity head, gives
+    no head). Not converted, since ``last_hidden_state`` does not depend on them: ``ViTModel``'s
+    pooler (``pooler_output``, a dense layer and tanh on [CLS]) and the mask token of masked image
+    modelling. Refused (``ValueError`` naming them): ``hidden_act`` other than ``"gelu"`` (the exact
+    erf GELU), nonzero ``hidden_dropout_prob`` or ``attention_probs_dropout_prob``.
+    """
+    c = model.config
+    if c.hidden_act != "gelu":
+        raise ValueError(f"only hidden_act='gelu' (the exact GELU of the companion's GeluMLP) is supported, "
+                         f"got {c.hidden_act!r}")
+    _refuse_training_only(c, "hidden_dropout_prob", "attention_probs_dropout_prob")
+    classifier = type(model).__name__ == "ViTForImageClassification"
+    vit = model.vit if classifier else model
+    head = model.classifier if classifier and isinstance(model.classifier, nn.Linear) else None
+
+    def size(value) -> int | tuple[int, int]:
+        return value if isinstance(value, int) else tuple(value)
+
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    config = PatchEncoderConfig(
+        image_size=size(c.image_size), patch_size=size(c.patch_size), channels=c.num_channels,
+        width=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads, head_dim=head_dim,
+        mlp_hidden=c.intermediate_size, norm_eps=float(c.layer_norm_eps), class_token=True, pooling="cls",
+        n_classes=None if head is None else head.out_features, qkv_bias=bool(c.qkv_bias))
+    encoder = PatchEncoder(config)
+    embeddings = vit.embeddings
+    encoder.patch_embed.load_state_dict(embeddings.patch_embeddings.projection.state_dict(), strict=True)
+    encoder.cls_token.copy_(embeddings.cls_token)
+    encoder.positions.table.weight.copy_(embeddings.position_embeddings[0])
+    for block, layer in zip(encoder.blocks, vit.layers, strict=True):
+        attn, mixer = layer.attention, block.mixer
+        mixer.qkv.weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+        if config.qkv_bias:
+            mixer.qkv.bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+        mixer.out.load_state_dict(attn.o_proj.state_dict(), strict=True)
+        block.norm_1.load_state_dict(layer.layernorm_before.state_dict(), strict=True)
+        block.norm_2.load_state_dict(layer.layernorm_after.state_dict(), strict=True)
+        block.ffn.up.load_state_dict(layer.mlp.fc1.state_dict(), strict=True)
+        block.ffn.down.load_state_dict(layer.mlp.fc2.state_dict(), strict=True)
+    encoder.norm.load_state_dict(vit.layernorm.state_dict(), strict=True)
+    if head is not None:
+        encoder.head.load_state_dict(head.state_dict(), strict=True)
+    return encoder
