@@ -981,3 +981,140 @@ def check_selective_memory(page: Page, root: Locator, state: dict) -> None:
                 menu.select_option(str(dimension))
                 view = (view[0], view[1], view[2], dimension)
                 agrees_with_python(f"dimension {dimension}", view)
+
+
+# ----------------------------------------------------- The patchify explorer (PatchifyExplorer)
+# Reads back what a canvas drew: the colour at the centre of every image pixel (scaled by
+# data-scale), or every pixel of a small canvas (a tile, the token's values), as [r, g, b, ...].
+READ_CANVAS_JS = """c => {
+  const s = Number(c.dataset.scale || 1), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const out = [];
+  for (let y = Math.floor(s / 2); y < c.height; y += s) {
+    for (let x = Math.floor(s / 2); x < c.width; x += s) {
+      const i = 4 * (y * c.width + x);
+      out.push(d[i], d[i + 1], d[i + 2]);
+    }
+  }
+  return out;
+}"""
+
+
+@widget_check(".ab-patch")
+def check_patchify_explorer(page: Page, root: Locator, state: dict) -> None:
+    """The patch-size buttons, the CLS checkbox, hovering over the image and the tiles, and the arrow
+    keys on both: the image's pixels, the grid, the readout, the chart, the tiles (their number, order
+    and pixels), the highlighted patch, its text and its values agree with the Python twins in
+    ``companion.widgets.patchify_explorer`` on the stored state."""
+    from companion.widgets.patchify_explorer import (attention_entries, labels_shown, patch_bytes, patch_grid,
+                                                     patch_text, patchify, readout, sequence_length, to_byte)
+
+    pixels, h, w, c, sizes = state["pixels"], state["height"], state["width"], state["channels"], state["patch_sizes"]
+    buttons, cls_box = root.locator(".ab-patch-size"), root.locator(".ab-patch-cls")
+    image, overlay = root.locator(".ab-patch-pixels"), root.locator(".ab-patch-overlay")
+    tiles, detail = root.locator(".ab-patch-tile"), root.locator(".ab-patch-detail")
+    vector = root.locator(".ab-patch-vector")
+    away = root.locator(".ab-patch-about")  # where the pointer rests when no patch is hovered
+
+    def shown_view() -> tuple[int, bool]:
+        """(patch_size, cls_token) as the controls show them."""
+        flags = buttons.evaluate_all("bs => bs.map(b => [Number(b.dataset.size), b.getAttribute('aria-pressed')])")
+        assert [p for p, _ in flags] == sizes, f"the patch-size buttons are {[p for p, _ in flags]}, not {sizes}"
+        on = [p for p, flag in flags if flag == "true"]
+        assert len(on) == 1, f"patch-size buttons pressed: {on}"
+        return on[0], cls_box.is_checked()
+
+    def agrees_with_python(what: str, view: tuple[int, bool], focus: int | None = None) -> None:
+        shown = shown_view()
+        assert shown == view, f"{what}: the widget shows (patch_size, cls_token) = {shown}, expected {view}"
+        p, cls = view
+        expect(detail, f"{what}: the patch described").to_have_attribute(
+            "data-patch", "" if focus is None else str(focus), timeout=5_000)
+        rows, cols = patch_grid(h, w, p)
+        expected = readout(h, w, c, p, cls, sizes)
+        values = {key: root.locator(f".ab-patch-val-{key}").text_content() for key in expected}
+        assert values == expected, f"{what}: the readout shows {values}, Python gives {expected}"
+        grid = overlay.evaluate("o => [o.dataset.rows, o.dataset.cols, o.dataset.labels, o.dataset.focus]")
+        assert grid == [str(rows), str(cols), str(labels_shown(h, w, p)).lower(), "" if focus is None else str(focus)], (
+            f"{what}: the image's grid (rows, cols, labels, focus) is {grid}")
+        drawn = tiles.evaluate_all("""ts => ts.map(t => [Number(t.dataset.index), Number(t.dataset.position),
+            t.querySelector('.ab-patch-tile-label').textContent, t.classList.contains('ab-patch-focus'), t.title])""")
+        order = ([-1] if cls else []) + list(range(rows * cols))
+        assert [d[0] for d in drawn] == order, f"{what}: the tiles are patches {[d[0] for d in drawn][:12]}..., not {order[:12]}..."
+        for position, (index, at, label, marked, title) in enumerate(drawn):
+            where = f"{what}: tile {position} (patch {index})"
+            assert at == position and label == str(position), f"{where}: numbered {label!r}"
+            assert marked == (index == focus), f"{where}: highlighted {marked}, the focus is {focus}"
+            text = patch_text(h, w, c, p, cls, index)
+            assert title == text, f"{where}: tooltip {title!r}, Python gives {text!r}"
+        for index in sorted({0, rows * cols - 1} | ({focus} if focus is not None and focus >= 0 else set())):
+            got = tiles.nth(index + cls).locator("canvas").evaluate(READ_CANVAS_JS)
+            assert got == patch_bytes(pixels, h, w, c, p, index), f"{what}: tile of patch {index} has other colours"
+        points = root.locator(".ab-patch-point-n").evaluate_all("ps => ps.map(q => [Number(q.dataset.size), Number(q.dataset.value)])")
+        assert points == [[q, sequence_length(h, w, q, cls)] for q in sizes], f"{what}: the chart's N are {points}"
+        points = root.locator(".ab-patch-point-scores").evaluate_all(
+            "ps => ps.map(q => [Number(q.dataset.size), Number(q.dataset.value)])")
+        assert points == [[q, attention_entries(h, w, q, cls)] for q in sizes], f"{what}: the chart's N^2 are {points}"
+        current = root.locator(".ab-patch-point-n.ab-patch-point-current").get_attribute("data-size")
+        assert current == str(p), f"{what}: the chart marks p = {current}"
+        text = patch_text(h, w, c, p, cls, focus)
+        assert detail.text_content() == text, f"{what}: the detail says {detail.text_content()!r}, Python {text!r}"
+        if focus is None or focus < 0:
+            assert vector.is_hidden(), f"{what}: a token's values are shown for no patch"
+        else:
+            got = vector.evaluate(READ_CANVAS_JS)[::3]
+            want = [to_byte(v) for v in patchify(pixels, h, w, c, p)[focus]]
+            assert got == want, f"{what}: the values drawn for patch {focus} are not its values"
+
+    def hover_patch(p: int, index: int) -> None:
+        """Put the pointer on the centre of patch ``index`` of the image."""
+        cols = w // p
+        box = image.bounding_box()
+        row, col = divmod(index, cols)
+        image.hover(position={"x": (col + 0.5) * p / w * box["width"], "y": (row + 0.5) * p / h * box["height"]})
+
+    # As stored: the image's pixels, then the controls.
+    got = image.evaluate(READ_CANVAS_JS)
+    want = [to_byte(pixels[ch * h * w + i]) for i in range(h * w) for ch in ((0, 0, 0) if c == 1 else (0, 1, 2))]
+    assert got == want, "the image is not drawn with the stored pixels"
+    away.hover()
+    view = (state["patch_size"], state["cls_token"])
+    agrees_with_python("as stored", view)
+
+    # Hover over tiles, and over patches of the image.
+    rows, cols = patch_grid(h, w, view[0])
+    n = rows * cols
+    for index in sorted({0, n // 2, n - 1}):
+        tiles.nth(index + view[1]).hover()
+        agrees_with_python(f"hovering the tile of patch {index}", view, focus=index)
+        hover_patch(view[0], index)
+        agrees_with_python(f"hovering patch {index} of the image", view, focus=index)
+    away.hover()
+    agrees_with_python("the pointer left", view)
+
+    # Another patch size, the CLS token switched, and the keyboard on the image and on the tiles.
+    other = sizes[-1] if view[0] != sizes[-1] else sizes[0]
+    for p in ([other, view[0]] if other != view[0] else [view[0]]):
+        buttons.nth(sizes.index(p)).click()
+        away.hover()
+        view = (p, view[1])
+        agrees_with_python(f"after choosing p = {p}", view)
+        cls_box.click()
+        view = (p, not view[1])
+        agrees_with_python(f"p = {p}, after switching the CLS token {'on' if view[1] else 'off'}", view)
+        rows, cols = patch_grid(h, w, p)
+        root.locator(".ab-patch-image").focus()
+        agrees_with_python(f"p = {p}, the image focused", view, focus=0)
+        at = 0
+        for key, to in (("ArrowRight", 1 if cols > 1 else 0), ("ArrowDown", cols if rows > 1 else 0), ("End", None)):
+            at = rows * cols - 1 if to is None else at + to
+            root.locator(".ab-patch-image").press(key)
+            agrees_with_python(f"p = {p}, after {key} on the image", view, focus=at)
+        tiles.nth(0).focus()
+        agrees_with_python(f"p = {p}, the first tile focused", view, focus=-1 if view[1] else 0)
+        order = [-1] * view[1] + list(range(rows * cols))
+        if len(order) > 1:
+            tiles.nth(0).press("ArrowRight")
+            expect(tiles.nth(1), "ArrowRight did not move the focus").to_be_focused()
+            agrees_with_python(f"p = {p}, after ArrowRight on the tiles", view, focus=order[1])
+        buttons.nth(sizes.index(p)).focus()  # the focus leaves the tiles
+        agrees_with_python(f"p = {p}, after the focus left", view)

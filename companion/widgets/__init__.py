@@ -8,12 +8,15 @@ from companion.widgets.attention_explorer import AttentionExplorer, display_toke
 from companion.widgets.flash_stepper import FlashStepper, online_softmax_steps, softmax_attention
 from companion.widgets.kv_cache import KVCacheCalculator, kv_bytes_per_token, kv_cache_bytes, tokens_that_fit
 from companion.widgets.mask_explorer import MaskExplorer, describe_query, mask_matrix
+from companion.widgets.patchify_explorer import (PatchifyExplorer, attention_entries, patch_grid, patchify,
+                                                 sequence_length)
 from companion.widgets.rope_dial import RopeDial, rope_angles
 from companion.widgets.routing_view import RoutingView, expert_load
 from companion.widgets.selective_memory import SelectiveMemory, memory_horizon, step_sizes, survival
 from companion.widgets.sequence_cost import SequenceCost, sequence_costs
 
-__all__ = ["AttentionExplorer", "FlashStepper", "KVCacheCalculator", "MaskExplorer", "RopeDial", "RoutingView",
-           "SelectiveMemory", "SequenceCost", "describe_query", "display_token", "expert_load", "kv_bytes_per_token",
-           "kv_cache_bytes", "mask_matrix", "memory_horizon", "online_softmax_steps", "rope_angles", "sequence_costs",
-           "softmax_attention", "step_sizes", "survival", "tokens_that_fit", "top_attended"]
+__all__ = ["AttentionExplorer", "FlashStepper", "KVCacheCalculator", "MaskExplorer", "PatchifyExplorer", "RopeDial",
+           "RoutingView", "SelectiveMemory", "SequenceCost", "attention_entries", "describe_query", "display_token",
+           "expert_load", "kv_bytes_per_token", "kv_cache_bytes", "mask_matrix", "memory_horizon", "online_softmax_steps",
+           "patch_grid", "patchify", "rope_angles", "sequence_costs", "sequence_length", "softmax_attention", "step_sizes",
+           "survival", "tokens_that_fit", "top_attended"]
