@@ -2,10 +2,11 @@
 
 From the bottom up (DESIGN.md, companion/__init__.py)::
 
-    seed, device -> data -> kernels -> nn -> models -> train -> bench -> plot | widgets
+    seed, device -> data -> kernels -> nn -> models -> train -> bench | interpret | calibration -> plot | widgets
 
-``seed`` and ``device`` import nothing from the companion; ``plot`` and ``widgets`` are both on
-top and do not import each other. An import inside ``if TYPE_CHECKING:`` never runs and is allowed
+``bench``, ``interpret`` and ``calibration`` are the analysis tools, one layer; ``seed`` and
+``device`` import nothing from the companion; ``plot`` and ``widgets`` are both on top and do not
+import each other. An import inside ``if TYPE_CHECKING:`` never runs and is allowed
 (``plot`` names ``train.History`` that way). Imports inside functions run, and count.
 """
 
@@ -21,7 +22,7 @@ import companion
 PACKAGE = Path(companion.__file__).resolve().parent
 # layer name -> rank; a module may import its own layer and any layer of lower rank
 RANKS = {"seed": 0, "device": 0, "data": 1, "kernels": 2, "nn": 3, "models": 4, "train": 5,
-         "bench": 6, "plot": 7, "widgets": 7}
+         "bench": 6, "interpret": 6, "calibration": 6, "plot": 7, "widgets": 7}
 IMPORTS_NOTHING = {"seed", "device"}
 
 
