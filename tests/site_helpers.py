@@ -1118,3 +1118,131 @@ def check_patchify_explorer(page: Page, root: Locator, state: dict) -> None:
             agrees_with_python(f"p = {p}, after ArrowRight on the tiles", view, focus=order[1])
         buttons.nth(sizes.index(p)).focus()  # the focus leaves the tiles
         agrees_with_python(f"p = {p}, after the focus left", view)
+
+
+# ----------------------------------------------------------------------- The course map (CourseMap)
+@widget_check(".ab-map")
+def check_course_map(page: Page, root: Locator, state: dict) -> None:
+    """Hovering over chapters, clicking one, the keyboard (arrows, Enter, Space, Escape) and the panel's
+    buttons: the boxes, the arrows, which of them light up, the summary and the panel (question, key
+    ideas, what the chapter builds on and leads to, its reading path and link) agree with the Python
+    twins in ``companion.widgets.course_map`` on the stored state."""
+    from companion.widgets.course_map import (arrow_points, chapter_link, dependents, drawn_edges, edge_kinds,
+                                              edge_path, map_layout, node_label, prerequisites, summary_text)
+
+    chapters, link_base = state["chapters"], state["link_base"]
+    graph = [c["builds_on"] for c in chapters]
+    count, layout, edges = len(chapters), map_layout(chapters), drawn_edges(graph)
+    nodes, links = root.locator(".ab-map-node"), root.locator(".ab-map-link")
+    summary, detail = root.locator(".ab-map-summary"), root.locator(".ab-map-detail")
+    away = root.locator(".ab-map-about")  # where the pointer rests, and a click that takes the focus away
+
+    # The drawing: every box and arrow where Python puts it.
+    drawn = nodes.evaluate_all("""gs => gs.map(g => { const r = g.querySelector('rect');
+        return [Number(g.dataset.chapter), ...['x', 'y', 'width', 'height'].map(a => Number(r.getAttribute(a))),
+                [...g.querySelectorAll('.ab-map-name tspan')].map(t => t.textContent),
+                g.querySelector('.ab-map-number').textContent, g.querySelector('title').textContent,
+                g.getAttribute('tabindex')]; })""")
+    expected = [[n + 1, node["x"], node["y"], layout["node_width"], layout["node_height"], node["lines"], str(n + 1),
+                 node_label(chapters, n + 1), "0"] for n, node in enumerate(layout["nodes"])]
+    assert drawn == expected, f"the boxes drawn are {drawn}, Python puts them at {expected}"
+    arrows = links.evaluate_all("""ls => ls.map(l => [Number(l.dataset.from), Number(l.dataset.to),
+        l.querySelector('path').getAttribute('d'), l.querySelector('polygon').getAttribute('points')])""")
+    expected = [[a, b, edge_path(layout, a, b), arrow_points(layout, a, b)] for a, b in edges]
+    assert arrows == expected, f"the arrows drawn are {arrows}, Python draws {expected}"
+    size = root.locator(".ab-map-graph").bounding_box()
+    assert size and size["width"] > 100 and size["height"] > 20, f"the map is drawn {size}"
+
+    def agrees_with_python(what: str, selected: int | None, focus: int | None = None) -> None:
+        shown = focus if focus is not None else selected
+        expect(summary, f"{what}: the chapter summarised").to_have_attribute(
+            "data-chapter", "" if shown is None else str(shown), timeout=5_000)
+        expect(detail, f"{what}: the chapter in the panel").to_have_attribute(
+            "data-chapter", "" if selected is None else str(selected), timeout=5_000)
+        flags = nodes.evaluate_all("""gs => gs.map(g => [g.getAttribute('aria-pressed'),
+            ...['selected', 'focus', 'before', 'after'].map(c => g.classList.contains('ab-map-' + c))])""")
+        before = set(prerequisites(graph, shown)) if shown is not None else set()
+        after = set(dependents(graph, shown)) if shown is not None else set()
+        expected = [[str(n == selected).lower(), n == selected, n == focus, n in before, n in after]
+                    for n in range(1, count + 1)]
+        assert flags == expected, (f"{what}: the boxes are marked (pressed, selected, focus, before, after) "
+                                   f"{flags}, expected {expected}")
+        kinds = links.evaluate_all("""ls => ls.map(l => l.classList.contains('ab-map-in') ? 'in'
+            : l.classList.contains('ab-map-out') ? 'out' : '')""")
+        assert kinds == edge_kinds(graph, shown), f"{what}: the arrows lit are {kinds}, Python {edge_kinds(graph, shown)}"
+        text = summary_text(chapters, shown)
+        assert summary.text_content() == text, f"{what}: the summary says {summary.text_content()!r}, Python {text!r}"
+        if selected is None:
+            assert detail.is_hidden(), f"{what}: the panel shows a chapter with none selected"
+            return
+        c = chapters[selected - 1]
+        panel = detail.evaluate("""d => ({
+            title: d.querySelector('.ab-map-detail-title').textContent,
+            question: d.querySelector('.ab-map-question').textContent,
+            ideas: [...d.querySelectorAll('.ab-map-ideas li')].map(li => li.textContent),
+            buildsOn: [...d.querySelectorAll('.ab-map-builds-on .ab-map-goto')].map(b => Number(b.dataset.chapter)),
+            leadsTo: [...d.querySelectorAll('.ab-map-leads-to .ab-map-goto')].map(b => Number(b.dataset.chapter)),
+            path: d.querySelector('.ab-map-path span:last-child').textContent,
+            href: d.querySelector('.ab-map-open').getAttribute('href')})""")
+        want = {"title": f"Chapter {selected} \u00b7 {c['title']}", "question": c["question"], "ideas": c["ideas"],
+                "buildsOn": prerequisites(graph, selected, direct=True),
+                "leadsTo": dependents(graph, selected, direct=True),
+                "path": " \u2192 ".join(str(n) for n in [*prerequisites(graph, selected), selected]),
+                "href": chapter_link(link_base, c["page"])}
+        assert panel == want, f"{what}: the panel shows {panel}, Python gives {want}"
+
+    # As stored.
+    away.hover()
+    selected = state["selected"]
+    agrees_with_python("as stored", selected)
+
+    # Hover over chapters: they light up, the selection stays.
+    for n in sorted({1, (count + 1) // 2, count}):
+        nodes.nth(n - 1).hover()
+        agrees_with_python(f"hovering chapter {n}", selected, focus=n)
+    away.hover()
+    agrees_with_python("the pointer left", selected)
+
+    # Click a chapter: it is selected (and has the keyboard focus).
+    clicked = count // 2 + 1 if count // 2 + 1 != selected else 1
+    nodes.nth(clicked - 1).click()
+    selected = clicked
+    agrees_with_python(f"after clicking chapter {clicked}", selected, focus=clicked)
+    away.hover()
+    agrees_with_python("the pointer left: the focused chapter again", selected, focus=clicked)
+
+    # The keyboard: the arrows move the focus, Enter and Space select, Escape clears the selection.
+    at = clicked
+    for key, to in (("ArrowRight", at + 1), ("End", count), ("ArrowLeft", count - 1), ("Home", 1)):
+        if 1 <= to <= count:
+            nodes.nth(at - 1).press(key)
+            at = to
+            expect(nodes.nth(at - 1), f"{key} did not move the focus to chapter {at}").to_be_focused()
+            agrees_with_python(f"after {key}", selected, focus=at)
+    nodes.nth(at - 1).press("Enter")
+    selected = at
+    agrees_with_python(f"after Enter on chapter {at}", selected, focus=at)
+    if count > 1:
+        nodes.nth(at - 1).press("ArrowRight")
+        at += 1
+        nodes.nth(at - 1).press(" ")
+        selected = at
+        agrees_with_python(f"after Space on chapter {at}", selected, focus=at)
+    nodes.nth(at - 1).press("Escape")
+    selected = None
+    agrees_with_python("after Escape", selected, focus=at)
+
+    # The panel's buttons select the chapters they name (and take the focus to their boxes).
+    target = next((n for n in range(1, count + 1) if prerequisites(graph, n, True) or dependents(graph, n, True)), 1)
+    nodes.nth(target - 1).press("Enter")
+    selected = target
+    agrees_with_python(f"after Enter on chapter {target}", selected, focus=target)
+    buttons = detail.locator(".ab-map-goto")
+    if buttons.count():
+        to = int(buttons.nth(buttons.count() - 1).get_attribute("data-chapter"))
+        buttons.nth(buttons.count() - 1).click()
+        selected = to
+        expect(nodes.nth(to - 1), "the panel's button did not take the focus to its chapter").to_be_focused()
+        agrees_with_python(f"after the panel's button for chapter {to}", selected, focus=to)
+    away.click()  # the focus leaves the map
+    agrees_with_python("after the focus left", selected)
