@@ -46,6 +46,11 @@ mixers, e.g. ``mixers=("mamba", "attention", "mamba", "mamba")``.
 ``causal=False`` lets every position attend to every other (an encoder: BERT, the vision
 transformer); it needs every mixer to be ``"attention"``. The patch encoder of chapter 8
 (:mod:`companion.models.vit`) is a stack of these same blocks with the mask off.
+
+``model(ids, prefix=embeddings)`` puts given input embeddings ``(batch, P, width)`` before the embedded
+ids, with positions running on across both and the causal mask over the whole sequence: the
+captioner of chapter 8 (:mod:`companion.models.captioner`, after LLaVA) feeds projected image patches
+this way. Without a prefix the computation is exactly the one above.
 """
 
 from __future__ import annotations
@@ -388,26 +393,84 @@ class Decoder(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), "
                              f"got [{int(ids.min())}, {int(ids.max())}]")
 
-    def forward(self, ids: torch.Tensor, *, cache: KVCache | None = None, last_only: bool = False,
-                return_attention: bool = False) -> torch.Tensor | DecoderOutput:
+    def _check_prefix(self, prefix: torch.Tensor, ids: torch.Tensor) -> None:
+        """Raise unless ``prefix`` is ``(batch, P >= 1, width)`` in the model's dtype and on its device."""
+        width = self.config.width
+        param = self.embed.weight
+        expected = f"(batch={ids.shape[0]}, P >= 1, width={width})"
+        if not isinstance(prefix, torch.Tensor):
+            raise TypeError(f"expected prefix embeddings as a torch.Tensor {expected}, got {type(prefix).__name__}")
+        if prefix.dtype != param.dtype:
+            raise TypeError(f"expected prefix embeddings of dtype {param.dtype} (the model's), got {prefix.dtype}")
+        if prefix.ndim != 3 or prefix.shape[1] == 0:
+            raise ValueError(f"expected prefix embeddings {expected}, got shape {tuple(prefix.shape)}")
+        if prefix.shape[2] != width:
+            raise ValueError(f"expected prefix embeddings of width {width} (the model's) {expected}, "
+                             f"got width {prefix.shape[2]}")
+        if prefix.shape[0] != ids.shape[0]:
+            raise ValueError(f"expected prefix embeddings for the batch of the ids, {ids.shape[0]}, {expected}, "
+                             f"got batch {prefix.shape[0]}")
+        if prefix.device != param.device:
+            raise ValueError(f"expected prefix embeddings on {param.device} (the model's device), got {prefix.device}")
+
+    def forward(self, ids: torch.Tensor, *, prefix: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False, return_attention: bool = False) -> torch.Tensor | DecoderOutput:
         """Next-token logits for every position of ``ids`` ``(batch, seq)``.
 
         With a ``cache``, ``ids`` continue the cached sequence (their positions start at
         ``cache.length``) and the cache is extended. ``last_only`` computes logits for the last
         position only, ``(batch, 1, vocab)``. ``return_attention`` returns a :class:`DecoderOutput`
         with each layer's attention probabilities ``(batch, heads, seq, keys)``.
+
+        ``prefix`` ``(batch, P, width)`` puts given input embeddings before the embedded ids (a
+        multimodal model's projected image patches, as LLaVA does: :mod:`companion.models.captioner`).
+        The sequence is then ``[prefix; embed(ids)]``, ``P + seq`` positions long: positions run on
+        from the prefix into the ids (``P`` is counted by the cache too), additive position vectors
+        (``"learned"``, ``"sinusoidal"``) are added to the prefix as well, ``embed_scale`` applies to
+        the embedded ids only, and attention stays causal over the whole sequence (so a prefix
+        position sees the positions before it, not after; LLaVA does the same). The logits are for
+        the positions of ``ids`` only, ``(batch, seq, vocab)``; ``ids`` may then be empty
+        ``(batch, 0)``, for example to feed a prefix into a cache before decoding, and
+        ``last_only`` gives the logits of the last position fed, a prefix position when ``ids`` is
+        empty. With ``return_attention`` the maps cover the whole sequence,
+        ``(batch, heads, P + seq, keys)``. ``prefix=None`` runs exactly the computation without it.
+
+        Args:
+            ids: token ids ``(batch, seq)``, ``torch.long``; ``seq >= 1`` unless a prefix is given.
+            prefix: input embeddings ``(batch, P >= 1, width)`` in the model's dtype and on its
+                device, put before the ids; None: none.
+            cache: a :class:`~companion.nn.cache.KVCache` to continue and extend; None: none.
+            last_only: compute the logits of the last position only.
+            return_attention: also return each layer's attention probabilities.
+
+        Returns:
+            Logits ``(batch, seq, vocab)`` (``(batch, 1, vocab)`` with ``last_only``), or a
+            :class:`DecoderOutput` holding them and the attention maps.
+
+        Raises:
+            ValueError: ids that are not a ``(batch, seq)`` long tensor of valid ids; a prefix of
+                another shape, width, batch or device.
+            TypeError: a prefix that is not a tensor of the model's dtype.
         """
-        self._check_ids(ids)
-        return self._run(ids, cache, last_only, return_attention)
+        prefix_alone = (prefix is not None and isinstance(ids, torch.Tensor) and ids.dtype == torch.long
+                        and ids.ndim == 2 and ids.shape[1] == 0)
+        if not prefix_alone:
+            self._check_ids(ids)
+        if prefix is not None:
+            self._check_prefix(prefix, ids)
+        return self._run(ids, cache, last_only, return_attention, prefix)
 
     def _run(self, ids: torch.Tensor, cache: KVCache | None, last_only: bool,
-             return_attention: bool = False) -> torch.Tensor | DecoderOutput:
-        """The forward pass on ids already known to be valid."""
+             return_attention: bool = False, prefix: torch.Tensor | None = None) -> torch.Tensor | DecoderOutput:
+        """The forward pass on ids (and a prefix) already known to be valid."""
         start = cache.length if cache is not None else 0
-        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        n_prefix = 0 if prefix is None else prefix.shape[1]
+        positions = torch.arange(start, start + n_prefix + ids.shape[1], device=ids.device)
         x = self.embed(ids)
         if self.config.embed_scale != 1.0:
             x = x * self.config.embed_scale
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)
         if self.positions is not None:
             x = x + self.positions(positions)
         maps = []
@@ -415,7 +478,9 @@ class Decoder(nn.Module):
             x, weights = block(x, positions, cache, return_attention)
             maps.append(weights)
         if cache is not None:
-            cache.advance(ids.shape[1])
+            cache.advance(x.shape[1])
+        if prefix is not None and not last_only:
+            x = x[:, n_prefix:]  # logits for the ids' positions only
         x = self.norm(x[:, -1:] if last_only else x)
         logits = self.lm_head(x)
         return DecoderOutput(logits, maps) if return_attention else logits
