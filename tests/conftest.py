@@ -5,7 +5,8 @@ Kernel tests run the Triton path on the CPU through Triton's interpreter, which 
 before any test module (or the companion) can import triton. ``setdefault`` leaves an explicit
 ``TRITON_INTERPRET=0`` alone (on a GPU machine, to run the kernels for real).
 
-This file imports nothing heavy: tests/test_site.py runs in the same session and needs none of it.
+This file imports nothing heavy (hypothesis's settings only): tests/test_site.py runs in the same session
+and needs none of it.
 """
 
 import os
@@ -22,8 +23,16 @@ import sys  # noqa: E402
 import warnings  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Property tests draw the same examples on every run by default ("ci": derandomized), so that a
+# run's result does not depend on luck; HYPOTHESIS_PROFILE=explore draws fresh ones each run, to hunt
+# for new failures (it has found real bugs: add each one found as an explicit test case).
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 if "triton" in sys.modules and os.environ["TRITON_INTERPRET"] == "1":  # pragma: no cover
     warnings.warn("triton was imported before tests/conftest.py set TRITON_INTERPRET=1; "

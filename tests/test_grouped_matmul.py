@@ -121,7 +121,7 @@ def test_float32_on_the_cpu_runs_torch_grouped_mm_within_the_bound(sizes, in_fea
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
         y = grouped_matmul(x, w, group_sizes, backend="reference")
-    assert calls == [1]
+    assert calls == ([1] if sum(sizes) else [])  # no tokens: the Python loop (grouped_mm rejects some such views)
     assert_near(y, oracle(x, w, group_sizes), oracle(x.abs(), w.abs(), group_sizes), in_features, torch.float32, "y")
     grad = torch.randn(y.shape, generator=gen)
     dx, dw = torch.autograd.grad(y, (x, w), grad)
@@ -287,6 +287,15 @@ def cases(draw):
 @given(cases())
 def test_triton_matches_the_oracle_and_the_reference(case):
     check(**case)
+
+
+@needs_triton
+@pytest.mark.parametrize("layouts", [("contiguous", "transposed", "transposed"),
+                                     ("contiguous", "contiguous", "transposed")])
+def test_no_tokens_with_transposed_views(layouts):
+    # hypothesis found these: a (0, 16) view counts as contiguous with strides (1, 1), and PyTorch's
+    # grouped_mm (the CPU reference's fast path) rejected it in the backward pass
+    check(sizes=[0], in_features=16, out_features=16, dtype=torch.float32, layouts=layouts)
 
 
 EDGE_CASES = {

@@ -95,11 +95,14 @@ def _torch_grouped_mm_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     On the CPU (torch 2.13) it runs the same loop, one ``mm`` per non-empty group forward and
     backward, in C++: float32 only, every stride a multiple of 16 bytes. Contiguous float32 CPU
     tensors with ``in_features`` and ``out_features`` multiples of 4 qualify; everything else
-    (float64, half precision, odd sizes, strided views) takes :class:`_ReferenceFunction`.
+    (float64, half precision, odd sizes, strided views) takes :class:`_ReferenceFunction`, and so do
+    inputs with no tokens: a tensor with no elements counts as contiguous whatever its strides (a
+    transposed ``(0, 16)`` view has strides ``(1, 1)``), which ``grouped_mm`` and its backward reject.
     """
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and x.is_contiguous() and weight.is_contiguous()
-            and weight.shape[1] % 4 == 0 and weight.shape[2] % 4 == 0)
+            and weight.shape[1] % 4 == 0 and weight.shape[2] % 4 == 0
+            and x.shape[0] > 0)
 
 
 def _row_blocks(sizes: list[int]):
