@@ -15,6 +15,17 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def drawn_reproducibly(task, seed: int, **kwargs):
+    """``task(**kwargs)`` drawn with ``seed`` twice and with ``seed + 1``: the same seed must give the same
+    tensors, another seed other inputs. Returns the first draw."""
+    first = task(generator=seeded(seed), **kwargs)
+    again = task(generator=seeded(seed), **kwargs)
+    other = task(generator=seeded(seed + 1), **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], other[0])
+    return first
+
+
 # -------------------------------------------------------------------------------------- order_task
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 50), length=st.integers(2, 40), vocab_size=st.integers(3, 20), seed=st.integers(0, 2**31))
@@ -48,11 +59,7 @@ def test_order_task_swapping_a_and_b_flips_the_label():
 
 
 def test_order_task_is_reproducible_with_a_seeded_generator():
-    first = order_task(64, generator=seeded(7))
-    second = order_task(64, generator=seeded(7))
-    other = order_task(64, generator=seeded(8))
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    assert not torch.equal(first[0], other[0])
+    drawn_reproducibly(order_task, 7, n=64)
 
 
 def test_order_task_smallest_case():
@@ -101,9 +108,7 @@ def test_recall_task_labels_do_not_alias_the_inputs():
 
 
 def test_recall_task_is_reproducible_and_uses_the_whole_vocabulary():
-    first = recall_task(500, distance=3, generator=seeded(4))
-    second = recall_task(500, distance=3, generator=seeded(4))
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    first = drawn_reproducibly(recall_task, 4, n=500, distance=3)
     assert set(first[1].tolist()) == set(range(8))
 
 
@@ -210,11 +215,7 @@ def test_associative_recall_default_split_and_next_token_targets():
 
 
 def test_associative_recall_is_reproducible_and_spread():
-    first = associative_recall_task(3000, pairs=4, vocab_size=16, generator=seeded(3))
-    second = associative_recall_task(3000, pairs=4, vocab_size=16, generator=seeded(3))
-    other = associative_recall_task(3000, pairs=4, vocab_size=16, generator=seeded(4))
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    assert not torch.equal(first[0], other[0])
+    first = drawn_reproducibly(associative_recall_task, 3, n=3000, pairs=4, vocab_size=16)
     inputs, labels = first
     assert set(labels.tolist()) == set(range(8, 16))
     asked = (inputs[:, 0:-1:2] == inputs[:, -1:]).float().argmax(1)  # which pair the query asks for
@@ -290,9 +291,7 @@ def test_pair_lookup_answers_each_query_with_its_stored_value(n, data, seed):
 
 
 def test_pair_lookup_is_reproducible_and_uses_every_value():
-    first = pair_lookup_task(500, pairs=8, queries=3, generator=seeded(1))
-    again = pair_lookup_task(500, pairs=8, queries=3, generator=seeded(1))
-    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    first = drawn_reproducibly(pair_lookup_task, 1, n=500, pairs=8, queries=3)
     answers = first[1][:, 8:] - (64 * 8 + 64)
     assert set(answers.flatten().tolist()) == set(range(8))
 
@@ -368,11 +367,7 @@ def test_selective_copy_oracle_fed_the_prefix_scores_perfectly_under_cross_entro
 
 
 def test_selective_copy_is_reproducible_and_its_content_moves():
-    first = selective_copy_task(2000, length=16, tokens=4, vocab=6, generator=seeded(2))
-    again = selective_copy_task(2000, length=16, tokens=4, vocab=6, generator=seeded(2))
-    other = selective_copy_task(2000, length=16, tokens=4, vocab=6, generator=seeded(3))
-    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-    assert not torch.equal(first[0], other[0])
+    first = drawn_reproducibly(selective_copy_task, 2, n=2000, length=16, tokens=4, vocab=6)
     inputs, targets = first
     assert set(targets[:, 16:].flatten().tolist()) == set(range(6))
     # the content is not at fixed offsets (what defeats a time-invariant convolution): the first content
@@ -420,11 +415,7 @@ def test_induction_rows_repeat_the_trigger_at_the_end_and_ask_for_the_value(n, l
 
 
 def test_induction_is_reproducible_spread_and_works_at_other_lengths():
-    first = induction_task(3000, length=10, vocab=4, generator=seeded(5))
-    again = induction_task(3000, length=10, vocab=4, generator=seeded(5))
-    other = induction_task(3000, length=10, vocab=4, generator=seeded(6))
-    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-    assert not torch.equal(first[0], other[0])
+    first = drawn_reproducibly(induction_task, 5, n=3000, length=10, vocab=4)
     inputs, targets = first
     assert set((inputs == 4).float().argmax(1).tolist()) == set(range(8))  # every place 0 .. length - 3
     assert set(targets[:, -1].tolist()) == set(range(4))
